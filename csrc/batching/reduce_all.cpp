@@ -1,0 +1,60 @@
+// Reductions over every dim of a sample (sum(x), mean(x), max(x), ...): the sample is flattened
+// and the operator's dim overload reduces it.
+#include <ATen/ops/all.h>
+#include <ATen/ops/amax.h>
+#include <ATen/ops/amin.h>
+#include <ATen/ops/any.h>
+#include <ATen/ops/mean.h>
+#include <ATen/ops/prod.h>
+#include <ATen/ops/sum.h>
+
+#include "batching/rules.h"
+#include "core/wrappers.h"
+
+namespace functorch_lite {
+
+namespace {
+
+using Args = std::vector<c10::IValue>;
+using Reduce = at::Tensor (*)(const at::Tensor& flat, const Args& args);
+
+template <Reduce reduce>
+void reduceAllRule(const c10::OperatorHandle& op, torch::jit::Stack* stack,
+                   const LayerPtr& layer) {
+  Args args = torch::jit::pop(*stack, op.schema().arguments().size());
+  Unwrapped self = unwrapAt(args[0].toTensor(), layer);
+  at::Tensor flat = batchFront(self).reshape({layer->batch_size, -1});
+  torch::jit::push(*stack, makeBatched(reduce(flat, args), 0, layer));
+}
+
+std::optional<at::ScalarType> dtypeArg(const Args& args) {
+  return args[1].isNone() ? std::nullopt : std::optional<at::ScalarType>(args[1].toScalarType());
+}
+
+at::Tensor sum(const at::Tensor& flat, const Args& args) {
+  return at::sum(flat, {1}, false, dtypeArg(args));
+}
+at::Tensor mean(const at::Tensor& flat, const Args& args) {
+  return at::mean(flat, {1}, false, dtypeArg(args));
+}
+at::Tensor prod(const at::Tensor& flat, const Args& args) {
+  return at::prod(flat, 1, false, dtypeArg(args));
+}
+at::Tensor max(const at::Tensor& flat, const Args&) { return at::amax(flat, {1}); }
+at::Tensor min(const at::Tensor& flat, const Args&) { return at::amin(flat, {1}); }
+at::Tensor all(const at::Tensor& flat, const Args&) { return at::all(flat, 1); }
+at::Tensor any(const at::Tensor& flat, const Args&) { return at::any(flat, 1); }
+
+const RuleTable kReduceAll({
+    {"aten::sum", reduceAllRule<sum>},
+    {"aten::mean", reduceAllRule<mean>},
+    {"aten::prod", reduceAllRule<prod>},
+    {"aten::max", reduceAllRule<max>},
+    {"aten::min", reduceAllRule<min>},
+    {"aten::all", reduceAllRule<all>},
+    {"aten::any", reduceAllRule<any>},
+});
+
+}  // namespace
+
+}  // namespace functorch_lite

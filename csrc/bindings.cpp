@@ -1,0 +1,138 @@
+// Python bindings for functorch_lite._C (pybind only; the logic lives in core/ and batching/).
+#include <torch/extension.h>
+
+#include <memory>
+
+#include "batching/fallback.h"
+#include "core/layer.h"
+#include "core/router.h"
+#include "core/unwrap.h"
+#include "core/wrappers.h"
+
+namespace functorch_lite {
+namespace {
+
+// A transform level as a Python context manager: __enter__ pushes and returns the level number,
+// __exit__ pops (see LayerGuard).
+class PyLayer {
+ public:
+  PyLayer(LayerKind kind, int64_t batch_size, Randomness randomness, std::string api)
+      : kind_(kind), batch_size_(batch_size), randomness_(randomness), api_(std::move(api)) {}
+
+  int64_t enter() {
+    TORCH_CHECK(!guard_, api_, ": a transform level cannot be entered twice");
+    guard_ = std::make_unique<LayerGuard>(kind_, batch_size_, randomness_, api_);
+    return guard_->layer()->level;
+  }
+
+  void exit(const py::args&) { guard_.reset(); }
+
+ private:
+  LayerKind kind_;
+  int64_t batch_size_;
+  Randomness randomness_;
+  std::string api_;
+  std::unique_ptr<LayerGuard> guard_;
+};
+
+Randomness parseRandomness(const std::string& name) {
+  if (name == "error") return Randomness::Error;
+  if (name == "same") return Randomness::Same;
+  if (name == "different") return Randomness::Different;
+  TORCH_CHECK(false, "vmap: randomness must be 'error', 'different' or 'same', got '", name, "'");
+}
+
+const LayerPtr& liveLayer(int64_t level) {
+  for (const auto& layer : layerStack()) {
+    if (layer->level == level) return layer;
+  }
+  TORCH_CHECK(false, "functorch_lite: no live transform level ", level);
+}
+
+at::Tensor addBatchDim(const at::Tensor& t, int64_t bdim, int64_t level) {
+  return makeBatched(t, bdim, liveLayer(level));
+}
+
+// The tensor without this level's batch dim, which goes to `out_dim`; a tensor that is not
+// batched at this level did not depend on the batched inputs and is expanded.
+at::Tensor removeBatchDim(const at::Tensor& t, int64_t level, int64_t batch_size,
+                          int64_t out_dim) {
+  auto* b = asBatched(t);
+  if (b != nullptr && b->layer() == liveLayer(level)) {
+    return b->value().movedim(b->bdim(), out_dim);
+  }
+  auto sizes = t.sizes().vec();
+  sizes.insert(sizes.begin() + out_dim, batch_size);
+  return t.unsqueeze(out_dim).expand(sizes);
+}
+
+at::Tensor wrapForGrad(const at::Tensor& t, int64_t level) {
+  return makeGradWrapper(t, liveLayer(level));
+}
+
+at::Tensor unwrapForGrad(const at::Tensor& t, int64_t level) {
+  auto* w = asGradWrapper(t);
+  if (w != nullptr && w->layer()->level == level) return w->value();
+  return t;
+}
+
+py::object levelOf(const at::Tensor& t) {
+  const LayerPtr* layer = layerOf(t);
+  if (layer == nullptr) return py::none();
+  return py::int_((*layer)->level);
+}
+
+}  // namespace
+}  // namespace functorch_lite
+
+PYBIND11_MODULE(_C, m) {
+  using namespace functorch_lite;
+  m.doc() = "functorch_lite dispatcher extension";
+  registerRouter();
+  registerPendingUnwrapKernels();
+
+  py::class_<PyLayer>(m, "_Layer")
+      .def("__enter__", &PyLayer::enter)
+      .def("__exit__", &PyLayer::exit);
+  m.def("_vmap_level", [](int64_t batch_size, const std::string& randomness, std::string api) {
+    return std::make_unique<PyLayer>(LayerKind::Vmap, batch_size, parseRandomness(randomness),
+                                     std::move(api));
+  });
+  m.def("_grad_level", [](std::string api) {
+    return std::make_unique<PyLayer>(LayerKind::Grad, 0, Randomness::Error, std::move(api));
+  });
+  m.def("_jvp_level", [](std::string api) {
+    return std::make_unique<PyLayer>(LayerKind::Jvp, 0, Randomness::Error, std::move(api));
+  });
+  m.def("_layer_depth", [] { return layerStack().size(); });
+
+  m.def("_add_batch_dim", &addBatchDim);
+  m.def("_remove_batch_dim", &removeBatchDim);
+  m.def("_wrap_for_grad", &wrapForGrad);
+  m.def("_unwrap_for_grad", &unwrapForGrad);
+  m.def("_is_batched", [](const at::Tensor& t) { return asBatched(t) != nullptr; });
+  m.def("_is_grad_wrapper", [](const at::Tensor& t) { return asGradWrapper(t) != nullptr; });
+  m.def("_level_of", &levelOf);
+  m.def("_is_alive", [](const at::Tensor& t) {
+    const LayerPtr* layer = layerOf(t);
+    return layer != nullptr && (*layer)->alive.load();
+  });
+  m.def("_unwrap_batched", [](const at::Tensor& t) {
+    auto* b = asBatched(t);
+    TORCH_CHECK(b != nullptr, "functorch_lite: not a batched tensor");
+    return py::make_tuple(b->value(), b->bdim());
+  });
+  m.def("_unwrap_grad_wrapper", [](const at::Tensor& t) {
+    auto* w = asGradWrapper(t);
+    TORCH_CHECK(w != nullptr, "functorch_lite: not a grad wrapper");
+    return w->value();
+  });
+
+  m.def("_set_vmap_fallback_enabled", &setFallbackEnabled);
+  m.def("_is_vmap_fallback_enabled", &isFallbackEnabled);
+  m.def("_set_vmap_fallback_warning_enabled", &setFallbackWarningEnabled);
+  m.def("_is_vmap_fallback_warning_enabled", &isFallbackWarningEnabled);
+  m.def("_set_fallback_counting", &setFallbackCounting);
+  m.def("_fallback_counts", &fallbackCounts);
+  m.def("_reset_fallback_counts", &resetFallbackCounts);
+}

@@ -1,0 +1,113 @@
+// The router: the fallback on kRouterKey that processes the highest live level among an
+// operator's arguments.
+#include "core/router.h"
+
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
+#include <torch/library.h>
+
+#include "batching/vmap.h"
+#include "core/ivalues.h"
+#include "core/keys.h"
+#include "core/unwrap.h"
+#include "core/wrappers.h"
+
+namespace functorch_lite {
+
+namespace {
+
+bool writes(const c10::Argument& arg) {
+  return arg.alias_info() != nullptr && arg.alias_info()->isWrite();
+}
+
+// NOTE: [Escaped wrappers]
+// A wrapper whose layer was popped has escaped its transform. A dead GradWrapper behaves as its
+// value (as in functorch); a dead BatchedTensor has no meaning outside its vmap, so using it is
+// an error.
+at::Tensor stripDead(at::Tensor t) {
+  while (const LayerPtr* layer = layerOf(t)) {
+    if ((*layer)->alive) break;
+    if (asBatched(t)) {
+      TORCH_CHECK(false,
+          "vmap: a batched tensor created inside a vmapped function was used after that vmap "
+          "returned. Return it from the function (vmap then gives it a batch dimension) instead "
+          "of storing it in a global or a closure.");
+    }
+    t = asGradWrapper(t)->value();
+  }
+  return t;
+}
+
+[[noreturn]] void capturedMutationError(const c10::OperatorHandle& op, const Layer& layer) {
+  TORCH_CHECK(false, layer.api, ": the function called the in-place operator ",
+      op.schema().operator_name(),
+      " on a tensor captured from outside the function (a tensor that is not one of its inputs). "
+      "Mutating captured tensors inside ", layer.api, " is not supported: clone the tensor "
+      "first, or pass it to the function as an input.");
+}
+
+// NOTE: [Processing a grad or jvp level]
+// Every tensor argument not already at this level is lifted into an immutable wrapper at this
+// level, so autograd at this level tracks only this level's tensors (captured tensors and
+// lower-level wrappers become constants). Then the router key is excluded and the operator is
+// called again: Autograd records on the wrappers, and the unwrap kernel below it (unwrap.cpp)
+// calls the operator one level down.
+void processGradLevel(const c10::OperatorHandle& op, torch::jit::Stack* stack,
+                      const LayerPtr& layer) {
+  const auto& args = op.schema().arguments();
+  const size_t begin = argumentsBegin(*stack, args.size());
+  for (size_t i = 0; i < args.size(); ++i) {
+    const bool written = writes(args[i]);
+    mapTensors((*stack)[begin + i], [&](const at::Tensor& t) {
+      auto* wrapper = asGradWrapper(t);
+      if (wrapper != nullptr && wrapper->layer() == layer) {
+        if (written && wrapper->immutable()) capturedMutationError(op, *layer);
+        return t;
+      }
+      if (written) capturedMutationError(op, *layer);
+      return makeGradWrapper(t, layer, /*immutable=*/true);
+    });
+  }
+  SavedDispatchState saved;
+  c10::impl::ExcludeDispatchKeyGuard no_router(kRouterKey);
+  op.callBoxed(stack);
+}
+
+void routerFallback(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
+  const size_t num_args = op.schema().arguments().size();
+  const size_t begin = argumentsBegin(*stack, num_args);
+  const LayerPtr* top = nullptr;
+  for (size_t i = begin; i < stack->size(); ++i) {
+    bool has_dead = false;
+    forEachTensor((*stack)[i], [&](const at::Tensor& t) {
+      const LayerPtr* layer = layerOf(t);
+      if (layer != nullptr && !(*layer)->alive) has_dead = true;
+    });
+    if (has_dead) mapTensors((*stack)[i], stripDead);
+    forEachTensor((*stack)[i], [&](const at::Tensor& t) {
+      const LayerPtr* layer = layerOf(t);
+      if (layer != nullptr && (top == nullptr || (*layer)->level > (*top)->level)) top = layer;
+    });
+  }
+  if (top == nullptr) {
+    op.callBoxed(stack);  // only escaped grad wrappers were here: they act as their values
+    return;
+  }
+  const LayerPtr layer = *top;  // keep it alive: the stack slots holding it get replaced
+  if (layer->kind == LayerKind::Vmap) {
+    processVmapLevel(op, stack, layer);
+  } else {
+    processGradLevel(op, stack, layer);
+  }
+}
+
+}  // namespace
+
+void registerRouter() {
+  static torch::Library router(torch::Library::IMPL, "_", kRouterKey, __FILE__, __LINE__);
+  router.fallback(torch::CppFunction::makeFromBoxedFunction<&routerFallback>());
+  static torch::Library mode(torch::Library::IMPL, "_", kModeKey, __FILE__, __LINE__);
+  mode.fallback(torch::CppFunction::makeFallthrough());
+}
+
+}  // namespace functorch_lite

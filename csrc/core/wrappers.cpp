@@ -1,0 +1,158 @@
+// The wrapper TensorImpls: logical metadata, detaching, and recognising wrappers cheaply.
+#include "core/wrappers.h"
+
+#include <c10/core/DispatchKeySet.h>
+#include <c10/util/Exception.h>
+
+#include "core/keys.h"
+
+namespace functorch_lite {
+
+namespace {
+
+// NOTE: [Wrapper key sets]
+// A BatchedTensor carries the router key plus the dense backend key of its value's device (so
+// device checks that read the key set still work); a GradWrapper carries the router key plus
+// PrivateUse3 (TensorImpl adds AutogradPrivateUse3 and ADInplaceOrView). The PrivateUse3 backend
+// bit is what tells the two apart without a dynamic_cast.
+c10::DispatchKeySet batchedKeys(const at::Tensor& value) {
+  auto backend = c10::computeDispatchKey(value.scalar_type(), at::kStrided, value.device());
+  return c10::DispatchKeySet({kRouterKey, backend});
+}
+
+const c10::DispatchKeySet kGradWrapperKeys({kRouterKey, kUnwrapKey});
+
+bool isWrapper(const at::Tensor& t) {
+  return t.defined() && t.unsafeGetTensorImpl()->key_set().has(kRouterKey);
+}
+
+bool isGradWrapperKeySet(c10::DispatchKeySet ks) {
+  return ks.has_backend(kUnwrapBackend);
+}
+
+}  // namespace
+
+BatchedTensorImpl::BatchedTensorImpl(at::Tensor value, int64_t bdim, LayerPtr layer)
+    : c10::TensorImpl(batchedKeys(value), value.dtype(), value.device()),
+      value_(std::move(value)),
+      bdim_(bdim),
+      layer_(std::move(layer)) {
+  refreshMetadata();
+  set_storage_access_should_throw();
+}
+
+void BatchedTensorImpl::replaceValue(at::Tensor value, int64_t bdim) {
+  value_ = std::move(value);
+  bdim_ = bdim;
+  refreshMetadata();
+}
+
+void BatchedTensorImpl::refreshMetadata() {
+  TORCH_INTERNAL_ASSERT(bdim_ >= 0 && bdim_ < value_.dim());
+  const auto sizes = value_.sym_sizes();
+  const auto strides = value_.sym_strides();
+  c10::SymDimVector logical_sizes;
+  c10::SymDimVector logical_strides;
+  for (int64_t d = 0; d < value_.dim(); ++d) {
+    if (d == bdim_) continue;
+    logical_sizes.push_back(sizes[d]);
+    logical_strides.push_back(strides[d]);
+  }
+  set_sizes_and_strides(logical_sizes, logical_strides);
+}
+
+const char* BatchedTensorImpl::tensorimpl_type_name() const {
+  return "functorch_lite::BatchedTensorImpl";
+}
+
+c10::intrusive_ptr<c10::TensorImpl> BatchedTensorImpl::shallow_copy_and_detach(
+    const c10::VariableVersion& version_counter,
+    bool allow_tensor_metadata_change) const {
+  auto copy = c10::make_intrusive<BatchedTensorImpl>(value_, bdim_, layer_);
+  copy->set_version_counter(version_counter);
+  copy->set_allow_tensor_metadata_change(allow_tensor_metadata_change);
+  return copy;
+}
+
+c10::intrusive_ptr<c10::TensorImpl> BatchedTensorImpl::shallow_copy_and_detach(
+    c10::VariableVersion&& version_counter,
+    bool allow_tensor_metadata_change) const {
+  auto copy = c10::make_intrusive<BatchedTensorImpl>(value_, bdim_, layer_);
+  copy->set_version_counter(std::move(version_counter));
+  copy->set_allow_tensor_metadata_change(allow_tensor_metadata_change);
+  return copy;
+}
+
+void BatchedTensorImpl::shallow_copy_from(const c10::intrusive_ptr<c10::TensorImpl>&) {
+  TORCH_CHECK(false, "vmap: assigning to `.data` of a batched tensor is not supported");
+}
+
+GradWrapperImpl::GradWrapperImpl(at::Tensor value, LayerPtr layer, bool immutable)
+    : c10::TensorImpl(kGradWrapperKeys, value.dtype(), value.device()),
+      value_(std::move(value)),
+      layer_(std::move(layer)),
+      immutable_(immutable) {
+  set_sizes_and_strides(value_.sym_sizes(), value_.sym_strides());
+  set_storage_access_should_throw();
+}
+
+void GradWrapperImpl::refreshMetadata() {
+  if (sym_sizes() != value_.sym_sizes() || sym_strides() != value_.sym_strides()) {
+    set_sizes_and_strides(value_.sym_sizes(), value_.sym_strides());
+  }
+}
+
+const char* GradWrapperImpl::tensorimpl_type_name() const {
+  return "functorch_lite::GradWrapperImpl";
+}
+
+c10::intrusive_ptr<c10::TensorImpl> GradWrapperImpl::shallow_copy_and_detach(
+    const c10::VariableVersion& version_counter,
+    bool allow_tensor_metadata_change) const {
+  auto copy = c10::make_intrusive<GradWrapperImpl>(value_, layer_, immutable_);
+  copy->set_version_counter(version_counter);
+  copy->set_allow_tensor_metadata_change(allow_tensor_metadata_change);
+  return copy;
+}
+
+c10::intrusive_ptr<c10::TensorImpl> GradWrapperImpl::shallow_copy_and_detach(
+    c10::VariableVersion&& version_counter,
+    bool allow_tensor_metadata_change) const {
+  auto copy = c10::make_intrusive<GradWrapperImpl>(value_, layer_, immutable_);
+  copy->set_version_counter(std::move(version_counter));
+  copy->set_allow_tensor_metadata_change(allow_tensor_metadata_change);
+  return copy;
+}
+
+void GradWrapperImpl::shallow_copy_from(const c10::intrusive_ptr<c10::TensorImpl>&) {
+  TORCH_CHECK(false, "grad: assigning to `.data` of a tensor inside a transform is not supported");
+}
+
+BatchedTensorImpl* asBatched(const at::Tensor& t) {
+  if (!isWrapper(t) || isGradWrapperKeySet(t.unsafeGetTensorImpl()->key_set())) return nullptr;
+  return static_cast<BatchedTensorImpl*>(t.unsafeGetTensorImpl());
+}
+
+GradWrapperImpl* asGradWrapper(const at::Tensor& t) {
+  if (!isWrapper(t) || !isGradWrapperKeySet(t.unsafeGetTensorImpl()->key_set())) return nullptr;
+  return static_cast<GradWrapperImpl*>(t.unsafeGetTensorImpl());
+}
+
+const LayerPtr* layerOf(const at::Tensor& t) {
+  if (!isWrapper(t)) return nullptr;
+  auto* impl = t.unsafeGetTensorImpl();
+  if (isGradWrapperKeySet(impl->key_set())) {
+    return &static_cast<GradWrapperImpl*>(impl)->layer();
+  }
+  return &static_cast<BatchedTensorImpl*>(impl)->layer();
+}
+
+at::Tensor makeBatched(at::Tensor value, int64_t bdim, const LayerPtr& layer) {
+  return at::Tensor(c10::make_intrusive<BatchedTensorImpl>(std::move(value), bdim, layer));
+}
+
+at::Tensor makeGradWrapper(at::Tensor value, const LayerPtr& layer, bool immutable) {
+  return at::Tensor(c10::make_intrusive<GradWrapperImpl>(std::move(value), layer, immutable));
+}
+
+}  // namespace functorch_lite

@@ -1,0 +1,36 @@
+"""functorch_lite: composable function transforms for PyTorch.
+
+`import functorch_lite as functorch` gives the names of functorch and torch.func.
+"""
+import torch  # noqa: F401  (loads libtorch before the extension)
+
+from functorch_lite import _C  # noqa: F401
+from functorch_lite._autodiff import grad, grad_and_value, vjp
+from functorch_lite._batch_norm import replace_all_batch_norm_modules_
+from functorch_lite._functional_call import functional_call
+from functorch_lite._functionalize import functionalize
+from functorch_lite._module_state import (
+    FunctionalModule,
+    FunctionalModuleWithBuffers,
+    combine_state_for_ensemble,
+    make_functional,
+    make_functional_with_buffers,
+    stack_module_state,
+)
+from functorch_lite._vmap import vmap
+
+__all__ = [
+    "FunctionalModule",
+    "FunctionalModuleWithBuffers",
+    "combine_state_for_ensemble",
+    "functional_call",
+    "functionalize",
+    "grad",
+    "grad_and_value",
+    "make_functional",
+    "make_functional_with_buffers",
+    "replace_all_batch_norm_modules_",
+    "stack_module_state",
+    "vjp",
+    "vmap",
+]

@@ -1,0 +1,189 @@
+"""vmap: vectorizing map over a batch dimension, with pytrees of inputs and outputs."""
+import functools
+
+import torch
+from torch.utils import _pytree as pytree
+
+from functorch_lite import _C
+
+_RANDOMNESS = ("error", "different", "same")
+
+
+def _api(func, in_dims):
+    name = getattr(func, "__name__", repr(func))
+    return f"vmap({name}, in_dims={in_dims!r}, ...)(<inputs>)"
+
+
+def _broadcast_dims(dims, tree, what, api):
+    """Broadcasts in_dims / out_dims (an int, None or a pytree prefix of `tree`) to its leaves."""
+    try:
+        return pytree._broadcast_to_and_flatten(dims, pytree.tree_structure(tree))
+    except Exception:  # noqa: BLE001 - pytree raises several kinds here
+        return None
+
+
+def _check_dims_type(dims, what, api):
+    for d in pytree.tree_leaves(dims, is_leaf=lambda x: x is None):
+        if d is not None and not isinstance(d, int):
+            raise ValueError(
+                f"{api}: {what} must be an int, None or a (nested) tuple/list/dict of them, "
+                f"got an element of type {type(d).__name__}: {d!r}."
+            )
+
+
+def _flat_in_dims(func, in_dims, args):
+    api = _api(func, in_dims)
+    if not isinstance(in_dims, (int, tuple)) and in_dims is not None:
+        raise ValueError(
+            f"{api}: expected `in_dims` to be int or a (potentially nested) tuple matching the "
+            f"structure of inputs, got: {type(in_dims).__name__}."
+        )
+    if isinstance(in_dims, tuple) and len(in_dims) != len(args):
+        raise ValueError(
+            f"{api}: in_dims is a tuple of length {len(in_dims)} but the function was called "
+            f"with {len(args)} positional argument(s); give one in_dim per argument."
+        )
+    _check_dims_type(in_dims, "in_dims", api)
+    flat_args, spec = pytree.tree_flatten(args)
+    flat_dims = _broadcast_dims(in_dims, args, "in_dims", api)
+    if flat_dims is None:
+        raise ValueError(
+            f"{api}: in_dims is not compatible with the structure of the inputs: in_dims has "
+            f"structure {pytree.tree_structure(in_dims)} but the inputs have {spec}."
+        )
+    return flat_args, flat_dims, spec, api
+
+
+def _batch_size(flat_args, flat_dims, api):
+    size = None
+    for arg, dim in zip(flat_args, flat_dims):
+        if dim is None:
+            continue
+        if not isinstance(arg, torch.Tensor):
+            raise ValueError(
+                f"{api}: got in_dim={dim} for an input that is not a Tensor "
+                f"({type(arg).__name__}); use in_dim=None for non-tensor inputs."
+            )
+        if arg.dim() == 0:
+            raise ValueError(
+                f"{api}: got in_dim={dim} for a 0-dim Tensor, which has no dimension to map "
+                f"over; use in_dim=None for it."
+            )
+        if not -arg.dim() <= dim < arg.dim():
+            raise ValueError(
+                f"{api}: got in_dim={dim} for an input with {arg.dim()} dimension(s); in_dim "
+                f"must be in [{-arg.dim()}, {arg.dim() - 1}]."
+            )
+        this = arg.shape[dim]
+        if size is None:
+            size = this
+        elif this != size:
+            sizes = [a.shape[d] for a, d in zip(flat_args, flat_dims) if d is not None]
+            raise ValueError(
+                f"{api}: expected all tensors mapped over to have the same size in the mapped "
+                f"dimension, got sizes {sizes}."
+            )
+    if size is None:
+        raise ValueError(
+            f"{api}: at least one input must be a Tensor mapped over (in_dim not None); got "
+            f"in_dims that map over nothing."
+        )
+    return size
+
+
+def _unbatch_outputs(output, out_dims, level, batch_size, func):
+    name = getattr(func, "__name__", repr(func))
+    api = f"vmap({name}, ..., out_dims={out_dims!r})"
+    _check_dims_type(out_dims, "out_dims", api)
+    flat_out, spec = pytree.tree_flatten(output)
+    flat_dims = _broadcast_dims(out_dims, output, "out_dims", api)
+    if flat_dims is None:
+        raise ValueError(
+            f"{api}: out_dims is not compatible with the structure of the outputs: out_dims "
+            f"has structure {pytree.tree_structure(out_dims)} but the outputs have {spec}."
+        )
+    result = []
+    for out, dim in zip(flat_out, flat_dims):
+        if not isinstance(out, torch.Tensor):
+            if dim is None:
+                result.append(out)
+                continue
+            raise ValueError(
+                f"{api}: the function must return Tensors (or pytrees of them) where out_dims "
+                f"is not None, but returned a {type(out).__name__}."
+            )
+        if dim is None:
+            if _C._is_batched(out) and _C._level_of(out) == level:
+                raise ValueError(
+                    f"{api}: out_dim=None for an output that depends on the mapped inputs; "
+                    f"only outputs that are the same for every sample can have out_dim None."
+                )
+            result.append(out)
+            continue
+        rank = out.dim() + 1
+        if not -rank <= dim < rank:
+            raise ValueError(
+                f"{api}: out_dim={dim} is out of range for an output with {out.dim()} "
+                f"dimension(s) per sample; it must be in [{-rank}, {rank - 1}]."
+            )
+        result.append(_C._remove_batch_dim(out, level, batch_size, dim % rank))
+    return pytree.tree_unflatten(result, spec)
+
+
+def _vmap_call(func, in_dims, out_dims, randomness, args, kwargs):
+    flat_args, flat_dims, spec, api = _flat_in_dims(func, in_dims, args)
+    batch_size = _batch_size(flat_args, flat_dims, api)
+    with _C._vmap_level(batch_size, randomness, "vmap") as level:
+        batched = [
+            arg if dim is None else _C._add_batch_dim(arg, dim % arg.dim(), level)
+            for arg, dim in zip(flat_args, flat_dims)
+        ]
+        output = func(*pytree.tree_unflatten(batched, spec), **kwargs)
+        return _unbatch_outputs(output, out_dims, level, batch_size, func)
+
+
+def _chunked_call(func, in_dims, out_dims, randomness, chunk_size, args, kwargs):
+    flat_args, flat_dims, spec, api = _flat_in_dims(func, in_dims, args)
+    batch_size = _batch_size(flat_args, flat_dims, api)
+    chunks = []
+    for start in range(0, batch_size, chunk_size):
+        length = min(chunk_size, batch_size - start)
+        sliced = [
+            arg if dim is None else arg.narrow(dim, start, length)
+            for arg, dim in zip(flat_args, flat_dims)
+        ]
+        chunk_args = pytree.tree_unflatten(sliced, spec)
+        chunks.append(_vmap_call(func, in_dims, out_dims, randomness, chunk_args, kwargs))
+    if len(chunks) == 1:
+        return chunks[0]
+    flat_chunks = [pytree.tree_flatten(c)[0] for c in chunks]
+    out_spec = pytree.tree_structure(chunks[0])
+    flat_out_dims = pytree._broadcast_to_and_flatten(out_dims, out_spec)
+    joined = []
+    for i, dim in enumerate(flat_out_dims):
+        pieces = [c[i] for c in flat_chunks]
+        joined.append(pieces[0] if dim is None else torch.cat(pieces, dim))
+    return pytree.tree_unflatten(joined, out_spec)
+
+
+def vmap(func, in_dims=0, out_dims=0, randomness="error", *, chunk_size=None):
+    """Vectorizes `func` over dimension `in_dims` of its inputs (see torch.func.vmap)."""
+    name = getattr(func, "__name__", repr(func))
+    if randomness not in _RANDOMNESS:
+        raise RuntimeError(
+            f"vmap({name}, randomness={randomness!r}): randomness must be one of "
+            f"'error', 'different' or 'same'."
+        )
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size <= 0):
+        raise ValueError(
+            f"vmap({name}, chunk_size={chunk_size!r}): chunk_size should be None or a positive "
+            f"int."
+        )
+
+    @functools.wraps(func)
+    def wrapped(*args, **kwargs):
+        if chunk_size is not None:
+            return _chunked_call(func, in_dims, out_dims, randomness, chunk_size, args, kwargs)
+        return _vmap_call(func, in_dims, out_dims, randomness, args, kwargs)
+
+    return wrapped
