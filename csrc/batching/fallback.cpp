@@ -126,6 +126,10 @@ void vmapFallback(const c10::OperatorHandle& op, torch::jit::Stack* stack, const
       for (auto& v : per_sample[j]) samples.push_back(v.toTensor());
       TORCH_CHECK(!samples.empty(), layer->api, ": the operator ", nameOf(op),
           " has no batching rule, and the for-loop fallback cannot run it on a batch of size 0.");
+      if (!samples[0].defined()) {
+        stack->push_back(at::Tensor());  // an output the operator did not compute (output_mask)
+        continue;
+      }
       stack->push_back(makeBatched(stackSamples(samples, op, *layer), 0, layer));
     } else if (type->kind() == c10::TypeKind::ListType &&
                type->containedType(0)->kind() == c10::TypeKind::TensorType) {

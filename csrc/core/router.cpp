@@ -3,6 +3,7 @@
 #include "core/router.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/_has_same_storage_numel.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
@@ -101,6 +102,30 @@ void routerFallback(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
   }
 }
 
+// NOTE: [Metadata queries at the router]
+// Forward AD checks every tangent it attaches (AutogradMeta::set_fw_grad) with is_same_size and
+// _has_same_storage_numel. Under vmap(jvp) the tangent is a grad wrapper around a BatchedTensor,
+// and a per-sample answer cannot be batched into one bool. Both queries are answered here, at
+// the top, for any level: every wrapper's sizes are the logical ones, so is_same_size compares
+// them directly. _has_same_storage_numel (does the tangent's storage have the primal's layout?)
+// has no meaning for a batched tensor; like functorch it answers true then, and otherwise asks
+// the plain tensors under the grad wrappers.
+bool isSameSize(const at::Tensor& self, const at::Tensor& other) {
+  return self.sym_sizes() == other.sym_sizes();
+}
+
+bool hasSameStorageNumel(const at::Tensor& self, const at::Tensor& other) {
+  at::Tensor a = self;
+  at::Tensor b = other;
+  for (at::Tensor* t : {&a, &b}) {
+    while (layerOf(*t) != nullptr) {
+      if (asBatched(*t) != nullptr) return true;
+      *t = asGradWrapper(*t)->value();
+    }
+  }
+  return at::_has_same_storage_numel(a, b);
+}
+
 }  // namespace
 
 void registerRouter() {
@@ -108,6 +133,9 @@ void registerRouter() {
   router.fallback(torch::CppFunction::makeFromBoxedFunction<&routerFallback>());
   static torch::Library mode(torch::Library::IMPL, "_", kModeKey, __FILE__, __LINE__);
   mode.fallback(torch::CppFunction::makeFallthrough());
+  static torch::Library metadata(torch::Library::IMPL, "aten", kRouterKey, __FILE__, __LINE__);
+  metadata.impl("is_same_size", TORCH_FN(isSameSize));
+  metadata.impl("_has_same_storage_numel", TORCH_FN(hasSameStorageNumel));
 }
 
 }  // namespace functorch_lite

@@ -1,0 +1,21 @@
+# Two entry points: `make demo` (the per-sample-gradient benchmark) and `make test`.
+# Both set everything up first: dependencies, then the C++ extension (incremental with ninja).
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip install -q --disable-pip-version-check
+
+.PHONY: deps build demo test bench
+
+deps:
+	$(PIP) "torch==2.13.0" ninja expecttest pytest hypothesis matplotlib
+
+build: deps
+	$(PYTHON) setup.py -q build_ext --inplace -j 2
+
+demo: build
+	cd benchmarks && $(PYTHON) per_sample_grads.py --repeats 10
+
+test: build
+	$(PYTHON) -m pytest test
+
+bench: build
+	cd benchmarks && for b in *.py; do [ "$$b" = common.py ] || $(PYTHON) $$b; done
