@@ -4,6 +4,7 @@
 #include <memory>
 
 #include "batching/fallback.h"
+#include "batching/random.h"
 #include "core/layer.h"
 #include "core/router.h"
 #include "core/unwrap.h"
@@ -76,6 +77,16 @@ at::Tensor unwrapForGrad(const at::Tensor& t, int64_t level) {
   return t;
 }
 
+// (batch_size, randomness) of a live vmap level, for autograd.Function vmap rules (VmapInfo).
+py::tuple vmapInfo(int64_t level) {
+  const LayerPtr& layer = liveLayer(level);
+  TORCH_CHECK(layer->kind == LayerKind::Vmap, "functorch_lite: level ", level, " is not a vmap level");
+  const char* randomness = layer->randomness == Randomness::Error  ? "error"
+                           : layer->randomness == Randomness::Same ? "same"
+                                                                   : "different";
+  return py::make_tuple(layer->batch_size, randomness);
+}
+
 py::object levelOf(const at::Tensor& t) {
   const LayerPtr* layer = layerOf(t);
   if (layer == nullptr) return py::none();
@@ -90,6 +101,7 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "functorch_lite dispatcher extension";
   registerRouter();
   registerPendingUnwrapKernels();
+  registerRandomnessKernels();
 
   py::class_<PyLayer>(m, "_Layer")
       .def("__enter__", &PyLayer::enter)
@@ -113,6 +125,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("_is_batched", [](const at::Tensor& t) { return asBatched(t) != nullptr; });
   m.def("_is_grad_wrapper", [](const at::Tensor& t) { return asGradWrapper(t) != nullptr; });
   m.def("_level_of", &levelOf);
+  m.def("_vmap_info", &vmapInfo);
   m.def("_is_alive", [](const at::Tensor& t) {
     const LayerPtr* layer = layerOf(t);
     return layer != nullptr && (*layer)->alive.load();

@@ -324,3 +324,16 @@ class TestErrorMessages(expecttest.TestCase):
             str(ctx.exception).splitlines()[0],
             """vmap: the operator aten::histc has no batching rule and the for-loop fallback is disabled (functorch_lite._C._set_vmap_fallback_enabled(False)).""",
         )
+
+
+def test_operators_defined_after_import_work_inside_grad():
+    lib = torch.library.Library("ftl_after_import", "DEF")
+    lib.define("triple(Tensor x) -> Tensor")
+    lib.impl("triple", lambda x: x * 3, "CPU")
+    torch.library.register_autograd(
+        "ftl_after_import::triple", lambda ctx, g: g * 3, setup_context=lambda ctx, inputs, output: None
+    )
+    x = torch.randn(4)
+    out = ft.grad(lambda x: torch.ops.ftl_after_import.triple(x).sum())(x)
+    assert_close(out, torch.full((4,), 3.0))
+    assert_close(ft.vmap(torch.ops.ftl_after_import.triple)(x.view(2, 2)), x.view(2, 2) * 3)

@@ -48,6 +48,8 @@ void promoteLikeLogical(const c10::OperatorHandle& op, torch::jit::Stack* stack,
   }
 }
 
+}  // namespace
+
 // NOTE: [Pointwise batching]
 // A single batched tensor argument keeps its batch dim where it is (a pointwise operator
 // preserves the shape). Otherwise every batched argument gets its batch dim in front and size-1
@@ -94,6 +96,8 @@ void pointwiseRule(const c10::OperatorHandle& op, torch::jit::Stack* stack,
   op.callBoxed(stack);
   wrapOutputs(op, stack, layer, arguments, out_bdim);
 }
+
+namespace {
 
 #define POINTWISE(name) {name, pointwiseRule}
 

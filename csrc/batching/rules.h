@@ -59,6 +59,9 @@ void wrapOutputs(const c10::OperatorHandle& op, torch::jit::Stack* stack, const 
 // True when argument i of `op` is written in place.
 bool writesArgument(const c10::OperatorHandle& op, size_t i);
 
+// The rule of pointwise operators (see NOTE: [Pointwise batching]).
+void pointwiseRule(const c10::OperatorHandle& op, torch::jit::Stack* stack, const LayerPtr& layer);
+
 [[noreturn]] void inplaceIntoUnbatchedError(const c10::OperatorHandle& op, const Layer& layer);
 
 }  // namespace functorch_lite

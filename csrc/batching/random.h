@@ -1,0 +1,10 @@
+// vmap randomness: the mode-key kernel for random operators.
+#pragma once
+
+namespace functorch_lite {
+
+// Registers the randomness kernel on kModeKey for every random operator (those tagged
+// nondeterministic_seeded) that has no CompositeImplicitAutograd kernel.
+void registerRandomnessKernels();
+
+}  // namespace functorch_lite
