@@ -60,7 +60,7 @@ at::Tensor removeBatchDim(const at::Tensor& t, int64_t level, int64_t batch_size
                           int64_t out_dim) {
   auto* b = asBatched(t);
   if (b != nullptr && b->layer() == liveLayer(level)) {
-    return b->value().movedim(b->bdim(), out_dim);
+    return b->bdim() == out_dim ? b->value() : b->value().movedim(b->bdim(), out_dim);
   }
   auto sizes = t.sizes().vec();
   sizes.insert(sizes.begin() + out_dim, batch_size);

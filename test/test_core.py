@@ -279,7 +279,7 @@ class TestErrorMessages(expecttest.TestCase):
             ft.grad(torch.sin)(torch.randn(3))
         self.assertExpectedInline(
             str(ctx.exception),
-            """grad_and_value(sin, argnums=0)(<inputs>): expected the function to return a scalar (0-dim) Tensor, got a Tensor of shape (3,). Use vjp or jacrev for non-scalar outputs.""",
+            """grad(sin, argnums=0)(<inputs>): expected the function to return a scalar (0-dim) Tensor, got a Tensor of shape (3,). Use vjp or jacrev for non-scalar outputs.""",
         )
 
     def test_item_inside_vmap(self):
@@ -337,3 +337,16 @@ def test_operators_defined_after_import_work_inside_grad():
     out = ft.grad(lambda x: torch.ops.ftl_after_import.triple(x).sum())(x)
     assert_close(out, torch.full((4,), 3.0))
     assert_close(ft.vmap(torch.ops.ftl_after_import.triple)(x.view(2, 2)), x.view(2, 2) * 3)
+
+
+def test_tensors_made_inside_grad_can_receive_tracked_values():
+    def f(x):
+        out = torch.zeros(3)
+        out[0] = x.sum()
+        out.add_(x * x)
+        return out.sum()
+
+    x = torch.randn(3)
+    assert_close(ft.grad(f)(x), torch.func.grad(f)(x))
+    h = ft.grad(lambda x: ft.grad(f)(x).pow(2).sum())(x)
+    assert_close(h, torch.func.grad(lambda x: torch.func.grad(f)(x).pow(2).sum())(x))

@@ -6,6 +6,9 @@
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
+#include <limits>
+
 #include "core/keys.h"
 #include "core/unwrap.h"
 
@@ -13,7 +16,20 @@ namespace functorch_lite {
 
 namespace {
 thread_local std::vector<LayerPtr> stack_;
+thread_local int64_t processing_bound_ = std::numeric_limits<int64_t>::max();
 }  // namespace
+
+int64_t processingBound() {
+  return processing_bound_;
+}
+
+ProcessingGuard::ProcessingGuard(int64_t bound) : saved_(processing_bound_) {
+  processing_bound_ = std::min(processing_bound_, bound);
+}
+
+ProcessingGuard::~ProcessingGuard() {
+  processing_bound_ = saved_;
+}
 
 const std::vector<LayerPtr>& layerStack() {
   return stack_;

@@ -49,4 +49,22 @@ class LayerGuard {
   LayerPtr layer_;
 };
 
+// NOTE: [The level being processed]
+// While the router processes level L (a batching rule, or autograd at a grad level) and while
+// the unwrap kernel calls one level down, the operators called belong to levels below L (or to
+// L itself at a grad level). Factory functions (torch.zeros, ...) are wrapped only at the grad
+// levels below this bound, so tensors made inside a rule never reach a level above it.
+int64_t processingBound();
+
+class ProcessingGuard {
+ public:
+  explicit ProcessingGuard(int64_t bound);
+  ~ProcessingGuard();
+  ProcessingGuard(const ProcessingGuard&) = delete;
+  ProcessingGuard& operator=(const ProcessingGuard&) = delete;
+
+ private:
+  int64_t saved_;
+};
+
 }  // namespace functorch_lite

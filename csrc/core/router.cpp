@@ -70,7 +70,14 @@ void processGradLevel(const c10::OperatorHandle& op, torch::jit::Stack* stack,
     });
   }
   SavedDispatchState saved;
-  c10::impl::ExcludeDispatchKeyGuard no_router(kRouterKey);
+  ProcessingGuard processing(layer->level + 1);
+  // NOTE: [Python modes see only plain tensors]
+  // Between the router and the unwrap kernel only this level's wrappers are around; tracing and
+  // fake-tensor modes (make_fx, FakeTensorMode) must not see them. The Python keys are excluded
+  // here and come back, with the rest of the saved state, in the unwrap kernel.
+  c10::impl::ExcludeDispatchKeyGuard no_router(c10::DispatchKeySet(
+      {kRouterKey, c10::DispatchKey::Python, c10::DispatchKey::PythonTLSSnapshot,
+       c10::DispatchKey::PreDispatch}));
   op.callBoxed(stack);
 }
 
@@ -96,6 +103,7 @@ void routerFallback(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
   }
   const LayerPtr layer = *top;  // keep it alive: the stack slots holding it get replaced
   if (layer->kind == LayerKind::Vmap) {
+    ProcessingGuard processing(layer->level);
     processVmapLevel(op, stack, layer);
   } else {
     processGradLevel(op, stack, layer);
@@ -126,6 +134,60 @@ bool hasSameStorageNumel(const at::Tensor& self, const at::Tensor& other) {
   return at::_has_same_storage_numel(a, b);
 }
 
+// NOTE: [Factory functions inside grad]
+// A tensor made from nothing (torch.zeros, torch.full, ...) inside a grad-transformed function
+// is wrapped at every live grad/jvp level below the level being processed (see
+// NOTE: [The level being processed]), innermost outside, as if it had been made from the
+// function's inputs. So writing tracked values into it in place is recorded at those levels,
+// rather than reported as mutating a captured tensor.
+void factoryKernel(const c10::OperatorHandle& op, c10::DispatchKeySet, torch::jit::Stack* stack) {
+  {
+    c10::impl::ExcludeDispatchKeyGuard no_mode(kModeKey);
+    op.callBoxed(stack);
+  }
+  const int64_t bound = processingBound();
+  c10::IValue& out = stack->back();
+  for (const auto& layer : layerStack()) {
+    if (layer->kind == LayerKind::Vmap || layer->level >= bound) continue;
+    out = makeGradWrapper(out.toTensor(), layer);
+  }
+}
+
+bool mentionsTensor(const c10::TypePtr& type) {
+  if (type->kind() == c10::TypeKind::TensorType) return true;
+  for (const auto& inner : type->containedTypes()) {
+    if (mentionsTensor(inner)) return true;
+  }
+  return false;
+}
+
+// Operators that make one tensor from no tensors. aten::empty* are left alone: torch.tensor(...)
+// builds its result with them and then writes into the storage directly.
+bool isFactory(const c10::OperatorHandle& op) {
+  const auto& schema = op.schema();
+  if (schema.name().rfind("aten::empty", 0) == 0) return false;
+  for (const auto& arg : schema.arguments()) {
+    if (mentionsTensor(arg.type())) return false;
+  }
+  return schema.returns().size() == 1 &&
+         schema.returns()[0].type()->kind() == c10::TypeKind::TensorType && !schema.is_mutable() &&
+         !op.hasTag(at::Tag::nondeterministic_seeded) &&  // see batching/random.cpp
+         !op.hasKernelForDispatchKey(c10::DispatchKey::CompositeImplicitAutograd);
+}
+
+void registerFactoryKernels() {
+  static auto* handles = new std::vector<c10::RegistrationHandleRAII>();  // lives until exit
+  auto& dispatcher = c10::Dispatcher::singleton();
+  for (const auto& name : dispatcher.getAllOpNames()) {
+    if (name.name.rfind("aten::", 0) != 0) continue;
+    auto op = dispatcher.findOp(name);
+    if (!op || !op->hasSchema() || !isFactory(*op)) continue;
+    handles->push_back(dispatcher.registerImpl(
+        name, kModeKey, c10::KernelFunction::makeFromBoxedFunction<&factoryKernel>(),
+        std::nullopt, nullptr, "functorch_lite factory wrapping"));
+  }
+}
+
 }  // namespace
 
 void registerRouter() {
@@ -136,6 +198,7 @@ void registerRouter() {
   static torch::Library metadata(torch::Library::IMPL, "aten", kRouterKey, __FILE__, __LINE__);
   metadata.impl("is_same_size", TORCH_FN(isSameSize));
   metadata.impl("_has_same_storage_numel", TORCH_FN(hasSameStorageNumel));
+  registerFactoryKernels();
 }
 
 }  // namespace functorch_lite

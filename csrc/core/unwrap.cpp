@@ -72,6 +72,7 @@ void unwrapKernel(const c10::OperatorHandle& op, c10::DispatchKeySet, torch::jit
     std::optional<c10::AutoFwGradMode> fwd_grad_mode;
     if (layer->kind == LayerKind::Grad && !layer->prev_grad_mode) grad_mode.emplace(false);
     if (layer->kind == LayerKind::Jvp && !layer->prev_fwd_grad_mode) fwd_grad_mode.emplace(false);
+    ProcessingGuard processing(layer->level);
     op.callBoxed(stack);
   }
 

@@ -1,0 +1,166 @@
+"""Benchmark: per-sample gradients compiled by functorch_lite.compile vs torch.func eager.
+
+Run: python benchmarks/bench_compile.py [--threads 1] [--cold] [--transforms torch.func]
+"""
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.func
+import torch.nn.functional as F
+
+import functorch_lite
+from common import assert_trees_close, progress, write_results
+from functorch_lite.compile import aot_function, inductor_compile, nop
+
+# NOTE: [What bench_compile measures]
+# For each model, per-sample gradients of the loss w.r.t. the parameters for a batch of 64:
+#   torch.func eager   torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0, 0))
+#   aot nop            aot_function(vmap(grad(loss)), nop): the traced aten graph run eagerly
+#   aot inductor       aot_function(vmap(grad(loss)), inductor_compile)
+# vmap / grad are functorch_lite's by default (--transforms torch.func traces torch.func's
+# instead, to measure the compiler alone). The parameters do not require grad, so each
+# compiled function is ONE forward (inference) graph computing all per-sample gradients.
+# Times are medians over --repeats runs after --warmup runs, the variants taking turns so that
+# load from other processes hits them alike (on a shared machine, --threads 1 also helps:
+# inductor's OpenMP kernels suffer most from oversubscription). The first call (trace +
+# compile) is timed separately as the compile time. Speedups are torch.func eager time /
+# compiled time, so above 1 means faster than torch.func.
+
+
+def mlp_params(generator):
+    sizes = [(512, 784), (256, 512), (10, 256)]
+    params = []
+    for out_f, in_f in sizes:
+        params += [torch.randn(out_f, in_f, generator=generator) / in_f**0.5, torch.zeros(out_f)]
+    return params
+
+
+def mlp_loss(params, x, y):
+    w1, b1, w2, b2, w3, b3 = params
+    h = F.relu(F.linear(x, w1, b1))
+    h = F.relu(F.linear(h, w2, b2))
+    return F.cross_entropy(F.linear(h, w3, b3).unsqueeze(0), y.unsqueeze(0))
+
+
+def cnn_params(generator):
+    return [
+        torch.randn(8, 1, 3, 3, generator=generator) / 3,
+        torch.zeros(8),
+        torch.randn(10, 8 * 13 * 13, generator=generator) / (8 * 13 * 13) ** 0.5,
+        torch.zeros(10),
+    ]
+
+
+def cnn_loss(params, x, y):
+    wc, bc, wf, bf = params
+    h = F.max_pool2d(F.relu(F.conv2d(x.unsqueeze(0), wc, bc)), 2)
+    return F.cross_entropy(F.linear(h.flatten(1), wf, bf), y.unsqueeze(0))
+
+
+MODELS = {
+    "mlp 784-512-256-10": (mlp_params, mlp_loss, (784,)),
+    "cnn conv-relu-pool-linear": (cnn_params, cnn_loss, (1, 28, 28)),
+}
+
+
+def interleaved_medians_s(variants, args, warmup, repeats):
+    """Median seconds per variant; the variants take turns, so changes in load hit all alike."""
+    times = {label: [] for label in variants}
+    for round_ in range(warmup + repeats):
+        for label, fn in variants.items():
+            start = time.perf_counter()
+            fn(*args)
+            if round_ >= warmup:
+                times[label].append(time.perf_counter() - start)
+    return {label: statistics.median(t) for label, t in times.items()}
+
+
+def first_call_s(fn, args):
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
+
+
+def print_ratio_table(rows, columns):
+    """Median times, speedups over torch.func eager (above 1: faster), compile times."""
+    compiled = columns[1:]
+    titles = [f"{c} ms" for c in columns] + [f"speedup {c}" for c in compiled]
+    titles += [f"compile {c} s" for c in compiled]
+    print(f"{'case':<28}" + "".join(f"{t:>{len(t) + 3}}" for t in titles))
+    for r in rows:
+        values = [r[c] * 1e3 for c in columns] + [r[columns[0]] / r[c] for c in compiled]
+        values += [r[f"{c} compile s"] for c in compiled]
+        print(f"{r['case']:<28}" + "".join(f"{v:>{len(t) + 3}.2f}" for t, v in zip(titles, values)))
+    print(f"speedup = {columns[0]} time / compiled time (above 1.0: the compiled one is faster)")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: as is)")
+    parser.add_argument(
+        "--transforms",
+        choices=["functorch_lite", "torch.func"],
+        default="functorch_lite",
+        help="whose vmap/grad the compiled functions trace",
+    )
+    parser.add_argument("--no-inductor", action="store_true", help="skip the inductor column")
+    parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="disable inductor's on-disk caches, so the compile time includes code generation",
+    )
+    args = parser.parse_args()
+    if args.cold:
+        from torch._inductor import config as inductor_config
+
+        inductor_config.force_disable_caches = True
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.transforms == "functorch_lite":
+        vmap, grad = functorch_lite.vmap, functorch_lite.grad
+    else:
+        vmap, grad = torch.func.vmap, torch.func.grad
+    compilers = [("aot nop", nop)] + (
+        [] if args.no_inductor else [("aot inductor", inductor_compile)]
+    )
+    columns = ["torch.func eager"] + [label for label, _ in compilers]
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, median "
+        f"of {args.repeats} runs; traced transforms: {args.transforms}; inductor caches "
+        f"{'off' if args.cold else 'on'}"
+    )
+
+    rows = []
+    for case, (make_params, loss, sample_shape) in MODELS.items():
+        generator = torch.Generator().manual_seed(0)
+        params = make_params(generator)
+        x = torch.randn(args.batch, *sample_shape, generator=generator)
+        y = torch.randint(0, 10, (args.batch,), generator=generator)
+        inputs = (params, x, y)
+        reference = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0, 0))
+        expected = reference(*inputs)
+        variants = {"torch.func eager": reference}
+        row = {"case": case, "transforms": args.transforms}
+        for label, compiler in compilers:
+            progress(f"[{case}] compiling with {label}")
+            compiled = aot_function(vmap(grad(loss), in_dims=(None, 0, 0)), compiler)
+            row[f"{label} compile s"] = first_call_s(compiled, inputs)
+            assert_trees_close(compiled(*inputs), expected)
+            variants[label] = compiled
+        progress(f"[{case}] timing")
+        row.update(interleaved_medians_s(variants, inputs, args.warmup, args.repeats))
+        rows.append(row)
+
+    print_ratio_table(rows, columns)
+    json_path, png = write_results("bench_compile", rows, columns)
+    print(f"results: {json_path}" + (f", {png}" if png else ""))
+
+
+if __name__ == "__main__":
+    main()
