@@ -4,7 +4,7 @@
 """
 import torch  # noqa: F401  (loads libtorch before the extension)
 
-from functorch_lite import _C  # noqa: F401
+from functorch_lite import _C, _repr  # noqa: F401
 from functorch_lite._autodiff import grad, grad_and_value, vjp
 from functorch_lite._batch_norm import replace_all_batch_norm_modules_
 from functorch_lite._functional_call import functional_call
@@ -18,6 +18,8 @@ from functorch_lite._module_state import (
     stack_module_state,
 )
 from functorch_lite._vmap import vmap
+
+_repr.install()
 
 __all__ = [
     "FunctionalModule",

@@ -350,3 +350,12 @@ def test_tensors_made_inside_grad_can_receive_tracked_values():
     assert_close(ft.grad(f)(x), torch.func.grad(f)(x))
     h = ft.grad(lambda x: ft.grad(f)(x).pow(2).sum())(x)
     assert_close(h, torch.func.grad(lambda x: torch.func.grad(f)(x).pow(2).sum())(x))
+
+
+def test_printing_wrappers_shows_level_and_value(capsys):
+    x = torch.arange(6.0).view(2, 3)
+    ft.vmap(lambda r: print(r) or r)(x)
+    ft.grad(lambda s: print(s) or s.sum())(torch.ones(2))
+    out = capsys.readouterr().out
+    assert "BatchedTensor(lvl=1, bdim=0, value=\n    tensor([[0., 1., 2.],\n" in out
+    assert "GradTrackingTensor(lvl=1, value=\n    tensor([1., 1.])\n)" in out
