@@ -6,7 +6,7 @@ PIP := $(PYTHON) -m pip install -q --disable-pip-version-check
 .PHONY: deps build demo test bench
 
 deps:
-	$(PIP) "torch==2.13.0" ninja expecttest pytest hypothesis matplotlib
+	$(PIP) "torch==2.13.0" "setuptools>=70" wheel ninja expecttest pytest hypothesis matplotlib
 
 build: deps
 	$(PYTHON) setup.py -q build_ext --inplace -j 2

@@ -23,6 +23,21 @@ def median_seconds(fn, repeats, warmup=2):
     return statistics.median(times)
 
 
+def interleaved_median_seconds(variants, repeats, warmup=2):
+    """Median wall time of each variants[label]() over `repeats` rounds, after `warmup` rounds.
+
+    The variants take turns within each round, so a change in load from other processes (a
+    shared machine) hits all of them alike instead of whichever happened to run then."""
+    times = {label: [] for label in variants}
+    for round_ in range(warmup + repeats):
+        for label, fn in variants.items():
+            start = time.perf_counter()
+            fn()
+            if round_ >= warmup:
+                times[label].append(time.perf_counter() - start)
+    return {label: statistics.median(t) for label, t in times.items()}
+
+
 def assert_trees_close(a, b, atol=1e-4, rtol=1e-4):
     la = torch.utils._pytree.tree_leaves(a)
     lb = torch.utils._pytree.tree_leaves(b)
@@ -38,6 +53,9 @@ def machine():
         "processor": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),
         "threads": torch.get_num_threads(),
+        # 1, 5 and 15 minute load averages when the results were written: on a shared machine,
+        # a load above the number of CPUs means the times include waiting for a CPU.
+        "load_average": [round(x, 2) for x in os.getloadavg()],
     }
 
 

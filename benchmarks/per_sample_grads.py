@@ -1,7 +1,8 @@
 """Per-sample gradients: functorch_lite vs torch.func vs a per-example loop, in one process.
 
 Models (batch 64): an MLP 784-512-256-10, the classic MNIST CNN, and a small embedding +
-layer-norm model. Each is checked for agreement before it is timed. Run:
+layer-norm model. Each is checked for agreement before it is timed; the three variants take
+turns, so that load from other processes hits them alike. Run:
     python benchmarks/per_sample_grads.py [--repeats N] [--models mlp,cnn,embed]
 """
 import argparse
@@ -12,7 +13,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import functorch_lite
-from common import assert_trees_close, median_seconds, print_table, progress, write_results
+from common import (
+    assert_trees_close,
+    interleaved_median_seconds,
+    print_table,
+    progress,
+    write_results,
+)
 
 BATCH = 64
 
@@ -95,11 +102,9 @@ def main():
         progress(f"[{name}] checking agreement")
         assert_trees_close(ours(), ref())
         assert_trees_close(ours(), naive())
-        row = {"case": name}
-        for label, fn in (("functorch_lite", ours), ("torch.func", ref), ("loop", naive)):
-            progress(f"[{name}] timing {label}")
-            row[label] = median_seconds(fn, args.repeats)
-        rows.append(row)
+        progress(f"[{name}] timing functorch_lite, torch.func and the loop, taking turns")
+        variants = {"functorch_lite": ours, "torch.func": ref, "loop": naive}
+        rows.append({"case": name, **interleaved_median_seconds(variants, args.repeats)})
 
     columns = ["functorch_lite", "torch.func", "loop"]
     print(f"\nper-sample gradients, batch {BATCH}, torch {torch.__version__}, "

@@ -5,6 +5,7 @@
 
 #include "batching/fallback.h"
 #include "batching/random.h"
+#include "core/keys.h"
 #include "core/layer.h"
 #include "core/router.h"
 #include "core/unwrap.h"
@@ -80,7 +81,8 @@ at::Tensor unwrapForGrad(const at::Tensor& t, int64_t level) {
 // (batch_size, randomness) of a live vmap level, for autograd.Function vmap rules (VmapInfo).
 py::tuple vmapInfo(int64_t level) {
   const LayerPtr& layer = liveLayer(level);
-  TORCH_CHECK(layer->kind == LayerKind::Vmap, "functorch_lite: level ", level, " is not a vmap level");
+  TORCH_CHECK(layer->kind == LayerKind::Vmap, "functorch_lite: level ", level,
+              " is not a vmap level");
   const char* randomness = layer->randomness == Randomness::Error  ? "error"
                            : layer->randomness == Randomness::Same ? "same"
                                                                    : "different";
@@ -126,6 +128,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("_is_grad_wrapper", [](const at::Tensor& t) { return asGradWrapper(t) != nullptr; });
   m.def("_level_of", &levelOf);
   m.def("_vmap_info", &vmapInfo);
+  // True while the router processes a grad/jvp level (Autograd is running an operator on its
+  // wrappers): an autograd.Function applied there is part of that operator's autograd kernel.
+  m.def("_in_grad_level_processing",
+        [] { return c10::impl::tls_is_dispatch_key_excluded(kRouterKey); });
   m.def("_is_alive", [](const at::Tensor& t) {
     const LayerPtr* layer = layerOf(t);
     return layer != nullptr && (*layer)->alive.load();

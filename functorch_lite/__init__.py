@@ -6,6 +6,8 @@ import torch  # noqa: F401  (loads libtorch before the extension)
 
 from functorch_lite import _C, _repr  # noqa: F401
 from functorch_lite._autodiff import grad, grad_and_value, vjp
+from functorch_lite._forward import jvp, linearize
+from functorch_lite._jacobians import hessian, jacfwd, jacrev
 from functorch_lite._batch_norm import replace_all_batch_norm_modules_
 from functorch_lite._functional_call import functional_call
 from functorch_lite._functionalize import functionalize
@@ -17,7 +19,11 @@ from functorch_lite._module_state import (
     make_functional_with_buffers,
     stack_module_state,
 )
+from functorch_lite._repr import debug_unwrap
 from functorch_lite._vmap import vmap
+
+# functorch re-exports torch's tracer under this name; it is a building block, not a transform
+from torch.fx.experimental.proxy_tensor import make_fx
 
 _repr.install()
 
@@ -25,12 +31,19 @@ __all__ = [
     "FunctionalModule",
     "FunctionalModuleWithBuffers",
     "combine_state_for_ensemble",
+    "debug_unwrap",
     "functional_call",
     "functionalize",
     "grad",
     "grad_and_value",
+    "hessian",
+    "jacfwd",
+    "jacrev",
+    "jvp",
+    "linearize",
     "make_functional",
     "make_functional_with_buffers",
+    "make_fx",
     "replace_all_batch_norm_modules_",
     "stack_module_state",
     "vjp",

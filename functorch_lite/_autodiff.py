@@ -1,10 +1,12 @@
-"""Reverse-mode transforms: grad, grad_and_value and vjp."""
+"""Reverse-mode transforms (grad, grad_and_value, vjp) and the argnums/has_aux helpers all use."""
 import functools
 
 import torch
 from torch.utils import _pytree as pytree
 
-from functorch_lite import _C
+from functorch_lite import _C, _custom_function
+
+_custom_function._install()  # autograd.Function inside transforms (NOTE in _custom_function.py)
 
 
 def _name(func):
@@ -27,25 +29,33 @@ def _make_differentiable(tree, api):
     def mark(t):
         if not isinstance(t, torch.Tensor):
             raise ValueError(
-                f"{api}: expected the arguments selected by argnums to be Tensors (or pytrees of "
-                f"Tensors), got {type(t).__name__}."
+                f"{api}: can only differentiate with respect to Tensors (or pytrees of Tensors), "
+                f"got an input of type {type(t).__name__}. Leave it out of argnums, or close "
+                f"over it in the function."
             )
         if not (t.is_floating_point() or t.is_complex()):
             raise ValueError(
                 f"{api}: only floating point or complex inputs can be differentiated, got an "
-                f"input of dtype {t.dtype} selected by argnums."
+                f"input of dtype {t.dtype}. Convert it first (e.g. x.float()), or leave it out "
+                f"of argnums."
             )
         return t.requires_grad_()
 
     return pytree.tree_map(mark, tree)
 
 
+# NOTE: [One argnums helper]
+# Every transform is written for one (pytree) argument, as in HIPS autograd: `_select_argnums`
+# validates argnums once and hands back the selected arguments (a tuple of them when argnums is
+# a tuple, the argument itself when it is an int) plus `rebuild`, which puts replacements back
+# into the full argument tuple. grad, vjp, jvp, jacrev and jacfwd all go through it, so argnums
+# errors read the same everywhere.
 def _check_argnums(argnums, num_args, api):
     nums = argnums if isinstance(argnums, tuple) else (argnums,)
     if isinstance(argnums, tuple) and len(argnums) == 0:
         raise RuntimeError(f"{api}: argnums must be non-empty.")
     for n in nums:
-        if not isinstance(n, int):
+        if not isinstance(n, int) or isinstance(n, bool):
             raise RuntimeError(
                 f"{api}: argnums must be an int or a tuple of ints, got {type(n).__name__}."
             )
@@ -58,6 +68,26 @@ def _check_argnums(argnums, num_args, api):
     if len(set(normalized)) != len(normalized):
         raise RuntimeError(f"{api}: argnums must be unique, got {argnums}.")
     return normalized
+
+
+def _select_argnums(args, argnums, api):
+    """(selected, rebuild): the arguments picked by argnums, and rebuild(new) -> full args.
+
+    argnums=None selects every argument (as a tuple), which is what vjp and jvp differentiate.
+    """
+    if argnums is None:
+        return tuple(args), tuple
+    nums = _check_argnums(argnums, len(args), api)
+    selected = tuple(args[n] for n in nums)
+
+    def rebuild(new):
+        new = new if isinstance(argnums, tuple) else (new,)
+        full = list(args)
+        for n, value in zip(nums, new):
+            full[n] = value
+        return tuple(full)
+
+    return (selected if isinstance(argnums, tuple) else selected[0]), rebuild
 
 
 def _split_aux(output, has_aux, api):
@@ -73,10 +103,10 @@ def _split_aux(output, has_aux, api):
     return output
 
 
-def _autograd_grad(outputs, inputs, grad_outputs):
+def _autograd_grad(outputs, inputs, grad_outputs, create_graph=True):
     """torch.autograd.grad that gives zeros for inputs the outputs do not depend on."""
     flat_inputs, spec = pytree.tree_flatten(inputs)
-    flat_outputs = [o for o in pytree.tree_leaves(outputs)]
+    flat_outputs = pytree.tree_leaves(outputs)
     flat_grad_outputs = pytree.tree_leaves(grad_outputs)
     diff = [(o, g) for o, g in zip(flat_outputs, flat_grad_outputs) if o.requires_grad]
     if diff:
@@ -84,48 +114,69 @@ def _autograd_grad(outputs, inputs, grad_outputs):
             [o for o, _ in diff],
             flat_inputs,
             [g for _, g in diff],
-            create_graph=True,
+            create_graph=create_graph,
+            retain_graph=True,
             allow_unused=True,
         )
     else:
         grads = [None] * len(flat_inputs)
-    grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, flat_inputs)]
+    grads = [
+        torch.zeros_like(_strip(x)) if g is None else _strip(g) for g, x in zip(grads, flat_inputs)
+    ]
     return pytree.tree_unflatten(grads, spec)
+
+
+def _strip(t):
+    """The value under the wrappers of popped levels (grads of a vjp computed after it returned)."""
+    while _C._is_grad_wrapper(t) and not _C._is_alive(t):
+        t = _C._unwrap_grad_wrapper(t)
+    return t
+
+
+def _check_scalar_output(output, api):
+    if not isinstance(output, torch.Tensor):
+        raise RuntimeError(
+            f"{api}: expected the function to return a Tensor, got {type(output).__name__}."
+        )
+    if output.dim() != 0:
+        raise RuntimeError(
+            f"{api}: expected the function to return a scalar (0-dim) Tensor, got a "
+            f"Tensor of shape {tuple(output.shape)}. Use vjp or jacrev for non-scalar "
+            f"outputs."
+        )
+    if not (output.is_floating_point() or output.is_complex()):
+        raise RuntimeError(
+            f"{api}: expected the function to return a floating point Tensor, got "
+            f"dtype {output.dtype}."
+        )
+    if output.is_complex():
+        raise RuntimeError(
+            f"{api}: expected the function to return a real Tensor, got dtype {output.dtype}; "
+            f"the gradient of a complex-valued function is not defined. Differentiate a real "
+            f"function of it instead (e.g. its .abs() or .real)."
+        )
 
 
 def grad_and_value(func, argnums=0, has_aux=False):
     """Returns a function computing (gradient, value) of scalar `func` (see torch.func)."""
+    return _grad_and_value(func, argnums, has_aux, "grad_and_value")
+
+
+def _grad_and_value(func, argnums, has_aux, api_name):
+    """grad_and_value whose errors name `api_name`, the API the user called."""
 
     @functools.wraps(func)
     def wrapped(*args, **kwargs):
-        api = f"grad_and_value({_name(func)}, argnums={argnums!r})(<inputs>)"
-        nums = _check_argnums(argnums, len(args), api)
+        api = f"{api_name}({_name(func)}, argnums={argnums!r})(<inputs>)"
         with _C._grad_level("grad") as level:
-            args = _wrap_tree(args, level)
-            diff_args = tuple(_make_differentiable(args[n], api) for n in nums)
-            output, aux = _split_aux(func(*args, **kwargs), has_aux, api)
-            if not isinstance(output, torch.Tensor):
-                raise RuntimeError(
-                    f"{api}: expected the function to return a Tensor, got "
-                    f"{type(output).__name__}."
-                )
-            if output.dim() != 0:
-                raise RuntimeError(
-                    f"{api}: expected the function to return a scalar (0-dim) Tensor, got a "
-                    f"Tensor of shape {tuple(output.shape)}. Use vjp or jacrev for non-scalar "
-                    f"outputs."
-                )
-            if not (output.is_floating_point() or output.is_complex()):
-                raise RuntimeError(
-                    f"{api}: expected the function to return a floating point Tensor, got "
-                    f"dtype {output.dtype}."
-                )
-            grads = _autograd_grad(output, diff_args, torch.ones_like(output))
+            diff, rebuild = _select_argnums(_wrap_tree(args, level), argnums, api)
+            diff = _make_differentiable(diff, api)
+            output, aux = _split_aux(func(*rebuild(diff), **kwargs), has_aux, api)
+            _check_scalar_output(output, api)
+            grads = _autograd_grad(output, diff, torch.ones_like(output))
             grads = _unwrap_tree(grads, level)
             value = _unwrap_tree(output, level)
             aux = _unwrap_tree(aux, level)
-        if not isinstance(argnums, tuple):
-            grads = grads[0]
         return grads, ((value, aux) if has_aux else value)
 
     return wrapped
@@ -133,7 +184,7 @@ def grad_and_value(func, argnums=0, has_aux=False):
 
 def grad(func, argnums=0, has_aux=False):
     """Returns a function computing the gradient of scalar `func` w.r.t. `argnums`."""
-    inner = grad_and_value(func, argnums, has_aux)
+    inner = _grad_and_value(func, argnums, has_aux, "grad")
 
     @functools.wraps(func)
     def wrapped(*args, **kwargs):
@@ -145,13 +196,19 @@ def grad(func, argnums=0, has_aux=False):
 
 def vjp(func, *primals, has_aux=False):
     """Returns (output, vjp_fn[, aux]) for `func` at `primals` (see torch.func.vjp)."""
-    api = f"vjp({_name(func)}, ...)"
-    level_guard = _C._grad_level("vjp")
-    level = level_guard.__enter__()
-    try:
-        wrapped = _wrap_tree(primals, level)
-        diff = _make_differentiable(wrapped, api)
-        output, aux = _split_aux(func(*diff), has_aux, api)
+    return _vjp_with_argnums(func, primals, None, has_aux, f"vjp({_name(func)}, ...)", "vjp")
+
+
+def _vjp_with_argnums(func, args, argnums, has_aux, api, level_api):
+    """vjp of `func` w.r.t. the arguments picked by argnums (None: all of them).
+
+    All arguments are wrapped at the new level (so the function may mutate any of them), only the
+    selected ones require grad, and vjp_fn returns gradients for the selected ones.
+    """
+    with _C._grad_level(level_api) as level:
+        diff, rebuild = _select_argnums(_wrap_tree(args, level), argnums, api)
+        diff = _make_differentiable(diff, api)
+        output, aux = _split_aux(func(*rebuild(diff)), has_aux, api)
         flat_out, out_spec = pytree.tree_flatten(output)
         for o in flat_out:
             if not isinstance(o, torch.Tensor):
@@ -161,13 +218,12 @@ def vjp(func, *primals, has_aux=False):
                 )
         primal_out = _unwrap_tree(output, level)
         aux = _unwrap_tree(aux, level)
-    except BaseException:
-        level_guard.__exit__(None, None, None)
-        raise
-    level_guard.__exit__(None, None, None)
+
     # NOTE: [vjp_fn after the level is gone]
-    # The graph recorded at the vjp level stays reachable from the (now dead) wrappers; the
-    # cotangents are wrapped at a fresh grad level so higher-order uses record again.
+    # The graph recorded at the vjp level stays reachable from the (now dead) wrappers; gradients
+    # are computed with create_graph when grad mode is on, so a level live at the call (an outer
+    # grad, or a vmap over the cotangents) records or batches the backward pass. Wrappers of the
+    # dead level in the result are stripped (see _strip).
     def vjp_fn(cotangents, retain_graph=True, create_graph=None):
         flat_ct, ct_spec = pytree.tree_flatten(cotangents)
         if ct_spec != out_spec:
@@ -181,34 +237,8 @@ def vjp(func, *primals, has_aux=False):
                     f"{api}: mismatch in shape: the output has shape {tuple(o.shape)} but the "
                     f"cotangent has shape {tuple(c.shape)}."
                 )
-        return _run_vjp(flat_out, flat_ct, diff)
+        if create_graph is None:
+            create_graph = torch.is_grad_enabled()
+        return _autograd_grad(flat_out, diff, flat_ct, create_graph=create_graph)
 
     return (primal_out, vjp_fn, aux) if has_aux else (primal_out, vjp_fn)
-
-
-def _run_vjp(outputs, cotangents, inputs):
-    flat_inputs, spec = pytree.tree_flatten(inputs)
-    diff = [(o, c) for o, c in zip(outputs, cotangents) if o.requires_grad]
-    if diff:
-        grads = torch.autograd.grad(
-            [o for o, _ in diff],
-            flat_inputs,
-            [c for _, c in diff],
-            create_graph=torch.is_grad_enabled(),
-            allow_unused=True,
-            retain_graph=True,
-        )
-    else:
-        grads = [None] * len(flat_inputs)
-    grads = [
-        torch.zeros_like(_C._unwrap_grad_wrapper(x)) if g is None else _strip(g)
-        for g, x in zip(grads, flat_inputs)
-    ]
-    return pytree.tree_unflatten(grads, spec)
-
-
-def _strip(t):
-    """The value of a wrapper of a popped level (grads of a vjp computed after it returned)."""
-    while _C._is_grad_wrapper(t) and not _C._is_alive(t):
-        t = _C._unwrap_grad_wrapper(t)
-    return t

@@ -29,3 +29,15 @@ def _str(self, *, tensor_contents=None):
 
 def install():
     torch._tensor_str._str = _str
+
+
+def debug_unwrap(tensor, *, recurse=True):
+    """The tensor under a vmap/grad wrapper (all wrappers when `recurse`), for debugging."""
+    while _C._level_of(tensor) is not None:
+        if _C._is_batched(tensor):
+            tensor = _C._unwrap_batched(tensor)[0]
+        else:
+            tensor = _C._unwrap_grad_wrapper(tensor)
+        if not recurse:
+            break
+    return tensor

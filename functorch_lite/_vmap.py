@@ -14,6 +14,22 @@ def _api(func, in_dims):
     return f"vmap({name}, in_dims={in_dims!r}, ...)(<inputs>)"
 
 
+class _Leaf:
+    def __repr__(self):
+        return "*"
+
+
+def _mismatch(dims, noun, spec):
+    """Says what `dims` (in_dims/out_dims) must look like for `noun` (plural) of structure spec."""
+    if spec.is_leaf():
+        return f"the {noun[:-1]} is a single value, so {dims} must be an int or None."
+    structure = repr(pytree.tree_unflatten([_Leaf()] * spec.num_leaves, spec))
+    return (
+        f"the {noun} have structure {structure} (* marks a leaf); {dims} must have that "
+        f"structure, or a prefix of it where an int or None stands for a whole subtree."
+    )
+
+
 def _broadcast_dims(dims, tree, what, api):
     """Broadcasts in_dims / out_dims (an int, None or a pytree prefix of `tree`) to its leaves."""
     try:
@@ -48,8 +64,7 @@ def _flat_in_dims(func, in_dims, args):
     flat_dims = _broadcast_dims(in_dims, args, "in_dims", api)
     if flat_dims is None:
         raise ValueError(
-            f"{api}: in_dims is not compatible with the structure of the inputs: in_dims has "
-            f"structure {pytree.tree_structure(in_dims)} but the inputs have {spec}."
+            f"{api}: in_dims does not match the inputs: {_mismatch('in_dims', 'inputs', spec)}"
         )
     return flat_args, flat_dims, spec, api
 
@@ -99,8 +114,7 @@ def _unbatch_outputs(output, out_dims, level, batch_size, func):
     flat_dims = _broadcast_dims(out_dims, output, "out_dims", api)
     if flat_dims is None:
         raise ValueError(
-            f"{api}: out_dims is not compatible with the structure of the outputs: out_dims "
-            f"has structure {pytree.tree_structure(out_dims)} but the outputs have {spec}."
+            f"{api}: out_dims does not match the outputs: {_mismatch('out_dims', 'outputs', spec)}"
         )
     result = []
     for out, dim in zip(flat_out, flat_dims):
@@ -110,7 +124,8 @@ def _unbatch_outputs(output, out_dims, level, batch_size, func):
                 continue
             raise ValueError(
                 f"{api}: the function must return Tensors (or pytrees of them) where out_dims "
-                f"is not None, but returned a {type(out).__name__}."
+                f"is not None, but it returned a value of type {type(out).__name__}. Return a "
+                f"Tensor there, or give that output out_dim=None."
             )
         if dim is None:
             if _C._is_batched(out) and _C._level_of(out) == level:
@@ -146,7 +161,11 @@ def _chunked_call(func, in_dims, out_dims, randomness, chunk_size, args, kwargs)
     flat_args, flat_dims, spec, api = _flat_in_dims(func, in_dims, args)
     batch_size = _batch_size(flat_args, flat_dims, api)
     chunks = []
+    # randomness='same' means one draw for the whole batch, so every chunk replays the same RNG
+    rng_state = torch.get_rng_state() if randomness == "same" else None
     for start in range(0, batch_size, chunk_size):
+        if rng_state is not None:
+            torch.set_rng_state(rng_state)
         length = min(chunk_size, batch_size - start)
         sliced = [
             arg if dim is None else arg.narrow(dim, start, length)
@@ -174,7 +193,9 @@ def vmap(func, in_dims=0, out_dims=0, randomness="error", *, chunk_size=None):
             f"vmap({name}, randomness={randomness!r}): randomness must be one of "
             f"'error', 'different' or 'same'."
         )
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size <= 0):
+    if chunk_size is not None and (
+        not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size <= 0
+    ):
         raise ValueError(
             f"vmap({name}, chunk_size={chunk_size!r}): chunk_size should be None or a positive "
             f"int."
@@ -185,5 +206,23 @@ def vmap(func, in_dims=0, out_dims=0, randomness="error", *, chunk_size=None):
         if chunk_size is not None:
             return _chunked_call(func, in_dims, out_dims, randomness, chunk_size, args, kwargs)
         return _vmap_call(func, in_dims, out_dims, randomness, args, kwargs)
+
+    return wrapped
+
+
+def chunk_vmap(func, in_dims=0, out_dims=0, randomness="error", chunks=2):
+    """vmap that runs the batch in `chunks` pieces, to bound memory (functorch.experimental)."""
+    name = getattr(func, "__name__", repr(func))
+    if not isinstance(chunks, int) or chunks <= 0:
+        raise ValueError(f"chunk_vmap({name}, chunks={chunks!r}): chunks must be a positive int.")
+    if chunks == 1:
+        return vmap(func, in_dims, out_dims, randomness)
+
+    @functools.wraps(func)
+    def wrapped(*args, **kwargs):
+        flat_args, flat_dims, _, api = _flat_in_dims(func, in_dims, args)
+        batch_size = _batch_size(flat_args, flat_dims, api)
+        chunk_size = max(1, -(-batch_size // chunks))
+        return _chunked_call(func, in_dims, out_dims, randomness, chunk_size, args, kwargs)
 
     return wrapped

@@ -32,19 +32,7 @@ NAMESPACES = [
 # functorch.vmap and torch.func.vmap alike). Remove an entry when the name lands.
 KNOWN_MISSING = {
     # Transforms: functorch_lite (core).
-    "functorch_lite.jvp",
-    "functorch_lite.jacrev",
-    "functorch_lite.jacfwd",
-    "functorch_lite.hessian",
-    "functorch_lite.linearize",
-    "functorch_lite.debug_unwrap",
-    "functorch_lite.make_fx",
     "functorch_lite.rearrange",
-    # functorch_lite.experimental: the transforms not written yet.
-    "functorch_lite.experimental.chunk_vmap",
-    "functorch_lite.experimental.hessian",
-    "functorch_lite.experimental.jacfwd",
-    "functorch_lite.experimental.jvp",
     # functorch_lite.compile (AOT Autograd).
     "functorch_lite.compile.draw_graph_compile",
     "functorch_lite.compile.minifier",

@@ -359,3 +359,29 @@ def test_printing_wrappers_shows_level_and_value(capsys):
     out = capsys.readouterr().out
     assert "BatchedTensor(lvl=1, bdim=0, value=\n    tensor([[0., 1., 2.],\n" in out
     assert "GradTrackingTensor(lvl=1, value=\n    tensor([1., 1.])\n)" in out
+
+
+def test_chunk_size_and_chunk_vmap_match_plain_vmap():
+    from functorch_lite.experimental import chunk_vmap
+
+    x, y = torch.randn(7, 3), torch.randn(3)
+    f = lambda a, b: (a * b, a.sum())  # noqa: E731
+    ref = ft.vmap(f, in_dims=(0, None))(x, y)
+    assert_close(ft.vmap(f, in_dims=(0, None), chunk_size=2)(x, y), ref)
+    assert_close(chunk_vmap(f, in_dims=(0, None), chunks=3)(x, y), ref)
+    assert_close(ft.vmap(f, in_dims=(0, None), out_dims=(1, 0), chunk_size=3)(x, y),
+                 torch.func.vmap(f, in_dims=(0, None), out_dims=(1, 0))(x, y))
+    same = chunk_vmap(lambda a: a * 0 + torch.randn(()), randomness="same", chunks=3)(x)
+    assert same.unique().numel() == 1
+
+
+def test_debug_unwrap_and_make_fx_through_transforms():
+    x = torch.randn(2, 3)
+    inner = []
+    ft.vmap(lambda r: inner.append(ft.debug_unwrap(r)) or r)(x)
+    assert inner[0] is not None and not _C._is_batched(inner[0])
+    assert_close(inner[0], x)
+    graph = ft.make_fx(ft.vmap(ft.grad(lambda r: r.sin().sum())))(x)
+    targets = {str(n.target) for n in graph.graph.nodes if n.op == "call_function"}
+    assert "aten.cos.default" in targets
+    assert_close(graph(x), torch.cos(x))

@@ -68,6 +68,16 @@ at::Tensor stackSamples(const std::vector<at::Tensor>& samples, const c10::Opera
   return at::stack(samples, 0);
 }
 
+// is_nonzero and equal decompose into .item(); their own rule names the control flow instead.
+void dataDependentRule(const c10::OperatorHandle& op, torch::jit::Stack*, const LayerPtr& layer) {
+  checkDataDependent(op, *layer);
+}
+
+const RuleTable kDataDependent({
+    {"aten::is_nonzero", dataDependentRule},
+    {"aten::equal", dataDependentRule},
+});
+
 }  // namespace
 
 void vmapFallback(const c10::OperatorHandle& op, torch::jit::Stack* stack, const LayerPtr& layer) {
@@ -92,14 +102,25 @@ void vmapFallback(const c10::OperatorHandle& op, torch::jit::Stack* stack, const
     }
   }
 
+  // NOTE: [Fallback slices]
+  // Written arguments get views of their samples, so that writes land in the batch; read-only
+  // ones get contiguous samples, as a plain call would usually see them (some kernels, such as
+  // _pdist_forward's, require contiguous inputs). Operators that read strides (as_strided and
+  // its relatives) get views: their strides were computed from the batched tensor's logical
+  // strides, which are the views' strides.
+  const bool reads_strides = schema.name().find("as_strided") != std::string::npos ||
+                             schema.name() == "aten::_reshape_alias";
   const size_t num_returns = schema.returns().size();
   std::vector<std::vector<c10::IValue>> per_sample(num_returns);
   for (int64_t b = 0; b < layer->batch_size; ++b) {
     for (size_t i = 0; i < num_args; ++i) {
       c10::IValue arg = arguments[i];
+      const bool view = reads_strides || writesArgument(op, i);
       mapTensors(arg, [&](const at::Tensor& t) {
         Unwrapped u = unwrapAt(t, layer);
-        return u.batched() ? u.value.select(*u.bdim, b) : t;
+        if (!u.batched()) return t;
+        at::Tensor sample = u.value.select(*u.bdim, b);
+        return view ? sample : sample.contiguous();
       });
       stack->push_back(std::move(arg));
     }

@@ -5,6 +5,9 @@
 #include <ATen/ops/amin.h>
 #include <ATen/ops/any.h>
 #include <ATen/ops/mean.h>
+#include <ATen/ops/median.h>
+#include <ATen/ops/nanmedian.h>
+#include <ATen/ops/norm.h>
 #include <ATen/ops/prod.h>
 #include <ATen/ops/sum.h>
 
@@ -44,6 +47,18 @@ at::Tensor max(const at::Tensor& flat, const Args&) { return at::amax(flat, {1})
 at::Tensor min(const at::Tensor& flat, const Args&) { return at::amin(flat, {1}); }
 at::Tensor all(const at::Tensor& flat, const Args&) { return at::all(flat, 1); }
 at::Tensor any(const at::Tensor& flat, const Args&) { return at::any(flat, 1); }
+at::Tensor median(const at::Tensor& flat, const Args&) {
+  return std::get<0>(at::median(flat, 1));
+}
+at::Tensor nanmedian(const at::Tensor& flat, const Args&) {
+  return std::get<0>(at::nanmedian(flat, 1));
+}
+// norm(self, p) and norm(self, p?, dtype)
+at::Tensor norm(const at::Tensor& flat, const Args& args) {
+  const auto p = args[1].toOptional<at::Scalar>();
+  if (args.size() > 2) return at::norm(flat, p, {1}, false, args[2].toScalarType());
+  return at::norm(flat, p, {1}, false);
+}
 
 const RuleTable kReduceAll({
     {"aten::sum", reduceAllRule<sum>},
@@ -53,6 +68,10 @@ const RuleTable kReduceAll({
     {"aten::min", reduceAllRule<min>},
     {"aten::all", reduceAllRule<all>},
     {"aten::any", reduceAllRule<any>},
+    {"aten::median", reduceAllRule<median>},
+    {"aten::nanmedian", reduceAllRule<nanmedian>},
+    {"aten::norm.Scalar", reduceAllRule<norm>},
+    {"aten::norm.ScalarOpt_dtype", reduceAllRule<norm>},
 });
 
 }  // namespace

@@ -1,6 +1,8 @@
 // The rule registry, the vmap level's dispatch (rule, decomposition, fallback) and rule helpers.
 #include "batching/rules.h"
 
+#include <ATen/ops/arange.h>
+
 #include <mutex>
 #include <string>
 #include <unordered_map>
@@ -28,18 +30,25 @@ struct OpEntry {
 // NOTE: [Rule lookup cache]
 // Rules are registered by name; the router looks them up by operator on every call, so the
 // answer is cached per operator (keyed by the address of its schema, stable while it is
-// registered).
+// registered). The shared cache takes a lock; each thread keeps its own copy of the entries it
+// used, so the hot path (the same few operators over and over) takes no lock.
 const OpEntry& lookup(const c10::OperatorHandle& op) {
+  const void* key = &op.schema();
+  thread_local std::unordered_map<const void*, const OpEntry*> local;
+  auto hit = local.find(key);
+  if (hit != local.end()) return *hit->second;
   static std::mutex mutex;
   static auto* cache = new std::unordered_map<const void*, OpEntry>();
   std::lock_guard<std::mutex> lock(mutex);
-  const void* key = &op.schema();
   auto it = cache->find(key);
-  if (it != cache->end()) return it->second;
-  const BatchRule* rule = findBatchRule(op);
-  const bool decompose =
-      rule == nullptr && op.hasKernelForDispatchKey(c10::DispatchKey::CompositeImplicitAutograd);
-  return cache->emplace(key, OpEntry{rule, decompose}).first->second;
+  if (it == cache->end()) {
+    const BatchRule* rule = findBatchRule(op);
+    const bool decompose =
+        rule == nullptr && op.hasKernelForDispatchKey(c10::DispatchKey::CompositeImplicitAutograd);
+    it = cache->emplace(key, OpEntry{rule, decompose}).first;
+  }
+  local.emplace(key, &it->second);  // unordered_map nodes never move
+  return it->second;
 }
 
 }  // namespace
@@ -62,13 +71,17 @@ void processVmapLevel(const c10::OperatorHandle& op, torch::jit::Stack* stack,
   if (entry.rule != nullptr) {
     (*entry.rule)(op, stack, layer);
   } else if (entry.decompose) {
-    // The PrivateUse3 slot of an operator without our unwrap kernel holds its
-    // CompositeImplicitAutograd kernel: calling it decomposes the operator, and the pieces come
-    // back through the router.
-    op.redispatchBoxed(c10::DispatchKeySet(kUnwrapKey), stack);
+    decompose(op, stack);
   } else {
     vmapFallback(op, stack, layer);
   }
+}
+
+void decompose(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
+  // The PrivateUse3 slot of an operator without our unwrap kernel holds its
+  // CompositeImplicitAutograd kernel: calling it decomposes the operator, and the pieces come
+  // back through the router.
+  op.redispatchBoxed(c10::DispatchKeySet(kUnwrapKey), stack);
 }
 
 Unwrapped unwrapAt(const at::Tensor& t, const LayerPtr& layer) {
@@ -93,6 +106,42 @@ at::Tensor batchFrontExpanded(const Unwrapped& u, int64_t batch_size) {
 at::Tensor padLogicalRank(at::Tensor front, int64_t logical_rank, int64_t rank) {
   for (int64_t r = logical_rank; r < rank; ++r) front = front.unsqueeze(1);
   return front;
+}
+
+at::Tensor mergeBatchInto(const at::Tensor& front, int64_t dim) {
+  at::Tensor moved = front.movedim(0, dim);
+  c10::SymDimVector sizes(moved.sym_sizes().begin(), moved.sym_sizes().end());
+  sizes[dim] = sizes[dim] * sizes[dim + 1];
+  sizes.erase(sizes.begin() + dim + 1);
+  return moved.reshape_symint(sizes);
+}
+
+at::Tensor splitBatchOutOf(const at::Tensor& t, int64_t dim, int64_t batch_size) {
+  c10::SymDimVector sizes(t.sym_sizes().begin(), t.sym_sizes().end());
+  c10::SymInt inner = sizes[dim] / batch_size;
+  sizes[dim] = c10::SymInt(batch_size);
+  sizes.insert(sizes.begin() + dim + 1, inner);
+  return t.reshape_symint(sizes);
+}
+
+at::Tensor sampleIndex(const Layer& layer, int64_t rank, const at::Tensor& like) {
+  std::vector<int64_t> shape(rank + 1, 1);
+  shape[0] = layer.batch_size;
+  return at::arange(layer.batch_size, like.options().dtype(at::kLong)).view(shape);
+}
+
+void leadingDimsRule(const c10::OperatorHandle& op, torch::jit::Stack* stack,
+                     const LayerPtr& layer) {
+  const size_t num_args = op.schema().arguments().size();
+  const size_t begin = stack->size() - num_args;
+  std::vector<c10::IValue> arguments(stack->begin() + begin, stack->end());
+  for (size_t i = begin; i < stack->size(); ++i) {
+    mapTensors((*stack)[i], [&](const at::Tensor& t) {
+      return batchFrontExpanded(unwrapAt(t, layer), layer->batch_size);
+    });
+  }
+  op.callBoxed(stack);
+  wrapOutputs(op, stack, layer, arguments, 0);
 }
 
 bool writesArgument(const c10::OperatorHandle& op, size_t i) {

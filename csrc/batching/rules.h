@@ -51,6 +51,29 @@ at::Tensor batchFrontExpanded(const Unwrapped& u, int64_t batch_size);
 // Inserts size-1 dims after the front batch dim until the logical rank is `rank`.
 at::Tensor padLogicalRank(at::Tensor front, int64_t logical_rank, int64_t rank);
 
+// The batch dim (in front of `front`) merged into logical dim `dim` as its outer factor:
+// [B, d0, .., dk, ..] -> [d0, .., B*dk, ..].
+at::Tensor mergeBatchInto(const at::Tensor& front, int64_t dim);
+
+// The inverse: dim `dim` of `t` (of size B*k) split into [B, k], with B at `dim`.
+at::Tensor splitBatchOutOf(const at::Tensor& t, int64_t dim, int64_t batch_size);
+
+// arange(B) shaped [B, 1, ..., 1] (rank + 1 dims), on `like`'s device: as an extra index in front
+// of per-sample indices, it keeps each sample to its own rows.
+at::Tensor sampleIndex(const Layer& layer, int64_t rank, const at::Tensor& like);
+
+// NOTE: [Leading-dims batching]
+// A rule for operators that already accept any number of leading dims (constant_pad_nd,
+// view_as_complex, tril_, ...): every tensor argument (also inside lists) gets its batch dim in
+// front, unbatched ones are expanded to the batch size so that operands agree on their leading
+// dims, and every output is batched at dim 0.
+void leadingDimsRule(const c10::OperatorHandle& op, torch::jit::Stack* stack,
+                     const LayerPtr& layer);
+
+// Runs the operator's CompositeImplicitAutograd decomposition (its pieces come back through the
+// router), as the vmap level does for such operators without a rule.
+void decompose(const c10::OperatorHandle& op, torch::jit::Stack* stack);
+
 // Wraps every tensor output on the stack as batched at `bdim`; in-place and out= outputs return
 // the original (already batched) argument from `arguments`.
 void wrapOutputs(const c10::OperatorHandle& op, torch::jit::Stack* stack, const LayerPtr& layer,

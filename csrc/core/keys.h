@@ -21,9 +21,13 @@ namespace functorch_lite {
 //   {kRouterKey, ADInplaceOrView, AutogradPrivateUse3, PrivateUse3}: autograd records on the
 //   wrapper, then the per-operator kernel on kUnwrapKey (unwrap.cpp) unwraps one level and calls
 //   the operator again one level down.
+// - kSubclassLikeKeys (Python, PythonTLSSnapshot): carried by every wrapper and never dispatched
+//   to, so that ATen treats wrappers as tensor subclasses (NOTE: [Wrappers are
+//   tensor-subclass-like] in wrappers.cpp).
 constexpr c10::DispatchKey kRouterKey = c10::DispatchKey::TESTING_ONLY_GenericWrapper;
 constexpr c10::DispatchKey kModeKey = c10::DispatchKey::TESTING_ONLY_GenericMode;
 constexpr c10::DispatchKey kUnwrapKey = c10::DispatchKey::PrivateUse3;
 constexpr c10::BackendComponent kUnwrapBackend = c10::BackendComponent::PrivateUse3Bit;
+constexpr c10::DispatchKeySet kSubclassLikeKeys = c10::python_ks;
 
 }  // namespace functorch_lite

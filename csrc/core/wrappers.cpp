@@ -15,6 +15,19 @@ namespace {
 // device checks that read the key set still work); a GradWrapper carries the router key plus
 // PrivateUse3 (TensorImpl adds AutogradPrivateUse3 and ADInplaceOrView). The PrivateUse3 backend
 // bit is what tells the two apart without a dynamic_cast.
+//
+// NOTE: [Wrappers are tensor-subclass-like]
+// ATen's derivative formulas (FunctionsManual.cpp) and some kernels write results in place into
+// fresh tensors (`at::zeros(...).scatter_(dim, index, grad)`, `self_p_exp *= self_t`) unless
+// at::isTensorSubclassLike says an input is a wrapper, in which case they use the out-of-place
+// form, as functorch's wrappers get. Under vmap(vjp), jacrev or jacfwd the in-place form would
+// write batched values into an unbatched tensor. So every wrapper also carries kSubclassLikeKeys
+// (the Python keys, which isTensorSubclassLike looks for; TensorImpl's constructor strips them,
+// so they are added after it). They are never dispatched to: the router, above them, handles
+// every operator on a wrapper, and processGradLevel excludes them (NOTE: [Python modes see only
+// plain tensors]) while Autograd runs on a level's wrappers. The legacy vmap key (Batched) would
+// also be subclass-like, but torch.autograd.grad refuses it on its outputs and inputs, and the
+// CUDA engine casts tensors carrying it to its own BatchedTensorImpl.
 c10::DispatchKeySet batchedKeys(const at::Tensor& value) {
   auto backend = c10::computeDispatchKey(value.scalar_type(), at::kStrided, value.device());
   return c10::DispatchKeySet({kRouterKey, backend});
@@ -37,6 +50,7 @@ BatchedTensorImpl::BatchedTensorImpl(at::Tensor value, int64_t bdim, LayerPtr la
       value_(std::move(value)),
       bdim_(bdim),
       layer_(std::move(layer)) {
+  key_set_ = key_set_ | kSubclassLikeKeys;  // NOTE: [Wrappers are tensor-subclass-like]
   refreshMetadata();
   set_storage_access_should_throw();
 }
@@ -92,6 +106,7 @@ GradWrapperImpl::GradWrapperImpl(at::Tensor value, LayerPtr layer, bool immutabl
       value_(std::move(value)),
       layer_(std::move(layer)),
       immutable_(immutable) {
+  key_set_ = key_set_ | kSubclassLikeKeys;  // NOTE: [Wrappers are tensor-subclass-like]
   set_sizes_and_strides(value_.sym_sizes(), value_.sym_strides());
   set_storage_access_should_throw();
 }

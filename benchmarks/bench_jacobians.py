@@ -1,0 +1,104 @@
+"""Benchmark: jacrev, jacfwd, hessian and vmap(jacrev) of functorch_lite vs torch.func, same run."""
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+import torch.func
+
+import functorch_lite._jacobians as jac
+from functorch_lite._vmap import vmap
+
+# NOTE: [What bench_jacobians measures]
+# Every case is a layer f(x) = tanh(W x + b), float32, with W (out, in) and x (in,):
+#   jacrev / jacfwd  16->16, 32->2048 (tall: jacfwd's case), 2048->32 (wide: jacrev's case)
+#   hessian 512->32  the Hessian (512 x 512) of the scalar x -> sum(tanh(W x + b)), W: 32 x 512,
+#                    i.e. a 512-vector through a 32-wide layer (hessian is jacfwd(jacrev(.))).
+#   vmap(jacrev)     per-sample Jacobians, 64 samples, 31->33.
+# Times are medians over --repeat runs after --warmup runs, functorch_lite and torch.func
+# taking turns so that load from other processes hits both alike. ratio = functorch_lite time /
+# torch.func time, so below 1.0 means functorch_lite is faster.
+
+
+def layer(generator, n_in, n_out):
+    w = torch.randn(n_out, n_in, generator=generator) / n_in ** 0.5
+    b = torch.randn(n_out, generator=generator)
+    return w, b
+
+
+def cases(generator):
+    out = []
+    for n_in, n_out in [(16, 16), (32, 2048), (2048, 32)]:
+        w, b = layer(generator, n_in, n_out)
+        x = torch.randn(n_in, generator=generator)
+
+        def f(x, w=w, b=b):
+            return torch.tanh(torch.mv(w, x) + b)
+
+        for name in ("jacrev", "jacfwd"):
+            out.append((f"{name} {n_in}->{n_out}", name, f, (x,)))
+    w, b = layer(generator, 512, 32)
+
+    def scalar(x):
+        return torch.tanh(torch.mv(w, x) + b).sum()
+
+    out.append(("hessian 512->32", "hessian", scalar, (torch.randn(512, generator=generator),)))
+    w2, b2 = layer(generator, 31, 33)
+
+    def f2(x):
+        return torch.tanh(torch.mv(w2, x) + b2)
+
+    xs = torch.randn(64, 31, generator=generator)
+    out.append(("vmap(jacrev) B=64 31->33", "vmap_jacrev", f2, (xs,)))
+    return out
+
+
+def build(module, vmap_fn, kind, f):
+    if kind == "vmap_jacrev":
+        return vmap_fn(module.jacrev(f))
+    return getattr(module, kind)(f)
+
+
+def interleaved_medians(variants, args, warmup, repeat):
+    times = {name: [] for name in variants}
+    for round_ in range(warmup + repeat):
+        for name, fn in variants.items():
+            start = time.perf_counter()
+            fn(*args)
+            if round_ >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=21)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch.set_num_threads (0: leave as is)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), float32, "
+          f"median of {args.repeat} runs")
+    generator = torch.Generator().manual_seed(0)
+    header = f"{'case':<26}{'functorch_lite':>16}{'torch.func':>14}{'ratio':>8}"
+    print(header)
+    print("-" * len(header))
+    worst = 0.0
+    for name, kind, f, inputs in cases(generator):
+        ours = build(jac, vmap, kind, f)
+        ref = build(torch.func, torch.func.vmap, kind, f)
+        torch.testing.assert_close(ours(*inputs), ref(*inputs), atol=1e-4, rtol=1e-4)
+        t = interleaved_medians({"ours": ours, "ref": ref}, inputs, args.warmup, args.repeat)
+        ratio = t["ours"] / t["ref"]
+        worst = max(worst, ratio)
+        print(f"{name:<26}{t['ours'] * 1e3:>13.3f} ms{t['ref'] * 1e3:>11.3f} ms{ratio:>8.2f}")
+        sys.stdout.flush()
+    print(f"ratio = functorch_lite / torch.func (below 1.0: functorch_lite is faster); "
+          f"worst {worst:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,261 @@
+"""Batching rules in the cases OpInfos do not reach: batched weights (model ensembling), running
+statistics, per-sample gradients of a small network, in-place indexing, error messages."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import functorch_lite as ft
+from functorch_lite import _C
+
+B = 3
+
+
+@pytest.fixture(autouse=True)
+def no_fallback():
+    """Every case here must run on batching rules alone; the switch is restored afterwards."""
+    previous = _C._is_vmap_fallback_enabled()
+    _C._set_vmap_fallback_enabled(False)
+    try:
+        yield
+    finally:
+        _C._set_vmap_fallback_enabled(previous)
+
+
+def loop(fn, *args, in_dims=0):
+    dims = in_dims if isinstance(in_dims, tuple) else (in_dims,) * len(args)
+    size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
+    outs = [fn(*[a if d is None else a.select(d, b) for a, d in zip(args, dims)])
+            for b in range(size)]
+    if isinstance(outs[0], tuple):
+        return tuple(torch.stack(o) for o in zip(*outs))
+    return torch.stack(outs)
+
+
+def check(fn, *args, in_dims=0, atol=1e-5, rtol=1e-4):
+    expected = loop(fn, *args, in_dims=in_dims)
+    actual = ft.vmap(fn, in_dims=in_dims)(*args)
+    torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol)
+
+
+def vjp_of(fn):
+    """(primals..., cotangent) -> gradients of fn at primals, through functorch_lite.vjp."""
+    def per_sample(*args):
+        _, vjp_fn = ft.vjp(fn, *args[:-1])
+        return vjp_fn(args[-1])
+    return per_sample
+
+
+def vjp_reference(fn):
+    def per_sample(*args):
+        prims = [a.detach().requires_grad_(True) for a in args[:-1]]
+        with torch.enable_grad():
+            return torch.autograd.grad(fn(*prims), prims, args[-1])
+    return per_sample
+
+
+def check_vjp(fn, *primals, atol=1e-4, rtol=1e-4):
+    with torch.no_grad():
+        out = fn(*[p[0] for p in primals])
+    ct = torch.randn(B, *out.shape)
+    expected = loop(vjp_reference(fn), *primals, ct)
+    actual = ft.vmap(vjp_of(fn))(*primals, ct)
+    torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol)
+
+
+# ---- convolution: batched input, weight, bias (ensembles), groups, transposed ---------------
+
+CONV_CASES = [
+    ("conv1d", F.conv1d, (2, 4, 9), (6, 4, 3), {}),
+    ("conv2d", F.conv2d, (2, 4, 7, 7), (6, 2, 3, 3), {"groups": 2, "padding": 1}),
+    ("conv3d", F.conv3d, (1, 2, 5, 5, 5), (4, 2, 2, 2, 2), {"stride": 2}),
+    ("conv_transpose2d", F.conv_transpose2d, (2, 4, 5, 5), (4, 3, 3, 3), {"groups": 2}),
+    ("conv_transpose1d", F.conv_transpose1d, (2, 4, 6), (4, 2, 3), {"stride": 2}),
+]
+
+
+@pytest.mark.parametrize("name,conv,x_shape,w_shape,kwargs", CONV_CASES,
+                         ids=[c[0] for c in CONV_CASES])
+@pytest.mark.parametrize("batched", ["input", "weight", "both", "bias"])
+def test_convolution(name, conv, x_shape, w_shape, kwargs, batched):
+    out_channels = w_shape[1] * kwargs.get("groups", 1) if "transpose" in name else w_shape[0]
+    x, w, b = torch.randn(B, *x_shape), torch.randn(B, *w_shape), torch.randn(B, out_channels)
+    dims = {"input": (0, None, None), "weight": (None, 0, None), "both": (0, 0, 0),
+            "bias": (None, None, 0)}[batched]
+    args = [t if d is not None else t[0] for t, d in zip((x, w, b), dims)]
+
+    def f(x, w, b):
+        return conv(x, w, b, **kwargs)
+    check(f, *args, in_dims=dims, atol=1e-4)
+
+
+@pytest.mark.parametrize("name,conv,x_shape,w_shape,kwargs", CONV_CASES,
+                         ids=[c[0] for c in CONV_CASES])
+def test_convolution_backward(name, conv, x_shape, w_shape, kwargs):
+    out_channels = w_shape[1] * kwargs.get("groups", 1) if "transpose" in name else w_shape[0]
+    x, w, b = torch.randn(B, *x_shape), torch.randn(B, *w_shape), torch.randn(B, out_channels)
+    check_vjp(lambda x, w, b: conv(x, w, b, **kwargs), x, w, b)
+
+
+def test_convolution_backward_unbatched_weight():
+    """Per-sample gradients: input and gradient batched, the weight shared."""
+    x, w = torch.randn(B, 2, 3, 6, 6), torch.randn(4, 3, 3, 3)
+
+    def grads(x):
+        return ft.grad(lambda w, x: F.conv2d(x, w, padding=1).pow(2).sum(), argnums=(0, 1))(w, x)
+    expected = loop(grads, x)
+    torch.testing.assert_close(ft.vmap(grads)(x), expected, atol=1e-4, rtol=1e-4)
+
+
+# ---- normalization ------------------------------------------------------------------------
+
+def test_batch_norm_training_batched_running_stats():
+    x = torch.randn(B, 4, 3, 5)
+    mean, var = torch.randn(B, 3), torch.rand(B, 3) + 0.5
+    mean_ref, var_ref = mean.clone(), var.clone()
+
+    def f(x, m, v):
+        return F.batch_norm(x, m, v, training=True, momentum=0.3)
+    expected = torch.stack([f(x[b], mean_ref[b], var_ref[b]) for b in range(B)])
+    actual = ft.vmap(f)(x, mean, var)
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(mean, mean_ref)
+    torch.testing.assert_close(var, var_ref)
+
+
+def test_batch_norm_training_unbatched_running_stats_errors():
+    x = torch.randn(B, 4, 3)
+    with pytest.raises(RuntimeError, match=r"^vmap: batch_norm in training mode updates its "
+                                           r"running_mean and running_var in place"):
+        ft.vmap(lambda x: F.batch_norm(x, torch.zeros(3), torch.ones(3), training=True))(x)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_affine_and_backward(training):
+    x, w, b = torch.randn(B, 4, 3, 5), torch.randn(B, 3), torch.randn(B, 3)
+    mean, var = torch.randn(3), torch.rand(3) + 0.5
+
+    def f(x, w, b):
+        if training:
+            return F.batch_norm(x, None, None, w, b, training=True)
+        return F.batch_norm(x, mean, var, w, b, training=False)
+    check(f, x, w, b, atol=1e-4)
+    check_vjp(f, x, w, b)
+
+
+@pytest.mark.parametrize("batched", ["input", "all"])
+def test_layer_norm_and_group_norm(batched):
+    x, w, b = torch.randn(B, 2, 6, 5), torch.randn(B, 6, 5), torch.randn(B, 6, 5)
+    wg, bg = torch.randn(B, 6), torch.randn(B, 6)
+    dims = (0, None, None) if batched == "input" else (0, 0, 0)
+    args = [t if d is not None else t[0] for t, d in zip((x, w, b), dims)]
+    gargs = [t if d is not None else t[0] for t, d in zip((x, wg, bg), dims)]
+    check(lambda x, w, b: F.layer_norm(x, (6, 5), w, b), *args, in_dims=dims)
+    check(lambda x, w, b: F.group_norm(x, 3, w, b), *gargs, in_dims=dims, atol=1e-4)
+    check_vjp(lambda x, w, b: F.layer_norm(x, (6, 5), w, b), x, w, b)
+    check_vjp(lambda x, w, b: F.group_norm(x, 3, w, b), x, wg, bg)
+
+
+# ---- embedding ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("batched", ["weight", "indices", "both"])
+def test_embedding_and_backward(batched):
+    weight = torch.randn(B, 10, 4)
+    indices = torch.randint(0, 10, (B, 2, 5))
+    indices[:, 0, 0] = 1  # the padding row appears
+    dims = {"weight": (0, None), "indices": (None, 0), "both": (0, 0)}[batched]
+    args = [t if d is not None else t[0] for t, d in zip((weight, indices), dims)]
+    check(lambda w, i: F.embedding(i, w, padding_idx=1), *args, in_dims=dims)
+
+    def grads(w, i, ct):
+        _, vjp_fn = ft.vjp(lambda w: F.embedding(i, w, padding_idx=1), w)
+        return vjp_fn(ct)[0]
+
+    def grads_ref(w, i, ct):
+        w = w.detach().requires_grad_(True)
+        with torch.enable_grad():
+            return torch.autograd.grad(F.embedding(i, w, padding_idx=1), w, ct)[0]
+    ct = torch.randn(B, 2, 5, 4)
+    all_dims = dims + (0,)
+    expected = loop(grads_ref, *args, ct, in_dims=all_dims)
+    torch.testing.assert_close(ft.vmap(grads, in_dims=all_dims)(*args, ct), expected)
+
+
+# ---- indexing -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("index", ["adjacent_first", "adjacent_later", "separated"])
+def test_index_put_inplace(index):
+    x = torch.randn(B, 4, 5, 6)
+    i = torch.tensor([0, 2, 3])
+    j = torch.tensor([1, 1, 4])
+
+    def f(x, v):
+        x = x.clone()
+        if index == "adjacent_first":
+            x[i, j] = v
+        elif index == "adjacent_later":
+            x[:, i, j] = v
+        else:
+            x[i, :, j] = v
+        return x
+    values = {"adjacent_first": torch.randn(B, 3, 6), "adjacent_later": torch.randn(B, 4, 3),
+              "separated": torch.randn(B, 3, 5)}[index]
+    check(f, x, values)
+    check(f, x, values[0], in_dims=(0, None))
+
+
+def test_index_with_batched_indices():
+    x, i = torch.randn(B, 4, 5), torch.randint(0, 5, (B, 2, 3))
+    check(lambda x, i: x[:, i], x, i)
+    check(lambda x, i: x[1:, i] * 2, x, i)
+    check(lambda x, i: x[i % 4, i], x, i)
+
+
+def test_masked_fill_batched_value():
+    x, mask, v = torch.randn(B, 4, 5), torch.rand(B, 4, 5) > 0.5, torch.randn(B)
+    check(lambda x, m, v: x.masked_fill(m, v), x, mask, v)
+    check(lambda x, m, v: x.clone().masked_fill_(m, v), x, mask, v)
+
+
+def test_inplace_into_unbatched_errors():
+    x = torch.randn(B, 4)
+    with pytest.raises(RuntimeError, match=r"^vmap: the in-place operator aten::index_put_"):
+        ft.vmap(lambda x: torch.zeros(4).index_put_((torch.tensor([0]),), x[:1]))(x)
+
+
+# ---- linalg -------------------------------------------------------------------------------
+
+def test_linalg_errors_name_the_failing_sample():
+    a = torch.eye(3).repeat(B, 1, 1)
+    a[1] = 0
+    with pytest.raises(RuntimeError, match=r"linalg.inv: \(Batch element 1\)"):
+        ft.vmap(torch.linalg.inv)(a)
+
+
+def test_solve_with_per_sample_batch_dims():
+    a, b = torch.randn(B, 2, 4, 4) + 4 * torch.eye(4), torch.randn(4, 3)
+    check(torch.linalg.solve, a, b, in_dims=(0, None), atol=1e-4)
+    check(torch.linalg.solve, a, torch.randn(B, 4), in_dims=(0, 0), atol=1e-4)
+
+
+# ---- a small network: per-sample gradients ------------------------------------------------
+
+def test_per_sample_gradients_of_a_cnn():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.GroupNorm(2, 4), torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2), torch.nn.Conv2d(4, 4, 3), torch.nn.AdaptiveAvgPool2d(2),
+        torch.nn.Flatten(), torch.nn.Linear(16, 5), torch.nn.LayerNorm(5),
+    )
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    x, y = torch.randn(4, 1, 1, 8, 8), torch.randint(0, 5, (4, 1))
+
+    def loss(params, x, y):
+        out = ft.functional_call(model, params, (x,))
+        return F.cross_entropy(out, y) + F.mse_loss(out.softmax(-1), F.one_hot(y, 5).float())
+
+    per_sample = ft.vmap(ft.grad(loss), in_dims=(None, 0, 0))(params, x, y)
+    for b in range(4):
+        leaves = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+        expected = torch.autograd.grad(loss(leaves, x[b], y[b]), list(leaves.values()))
+        for k, g in zip(leaves, expected):
+            torch.testing.assert_close(per_sample[k][b], g, atol=1e-5, rtol=1e-4)
