@@ -25,4 +25,5 @@ setup(
     ],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     python_requires=">=3.9",
+    extras_require={"bench": ["matplotlib", "opacus"]},
 )

@@ -1,7 +1,7 @@
 """Per-sample gradients: functorch_lite vs torch.func vs a per-example loop, in one process.
 
 Models (batch 64): an MLP 784-512-256-10, the classic MNIST CNN, and a small embedding +
-layer-norm model. Each is checked for agreement before it is timed; the three variants take
+layer-norm model. Opacus joins the comparison when it is installed (`pip install opacus`). Each is checked for agreement before it is timed; the three variants take
 turns, so that load from other processes hits them alike. Run:
     python benchmarks/per_sample_grads.py [--repeats N] [--models mlp,cnn,embed]
 """
@@ -85,6 +85,29 @@ def loop(model, params, x, y):
     return run
 
 
+def opacus(model, x, y):
+    """Opacus' per-sample gradients (hooks on every layer), or None when it is not installed."""
+    try:
+        from opacus import GradSampleModule
+    except ImportError:
+        return None
+    import copy
+
+    wrapped = GradSampleModule(copy.deepcopy(model), loss_reduction="sum")
+    prefix = "_module."
+
+    def run():
+        wrapped.zero_grad(set_to_none=True)
+        for p in wrapped.parameters():
+            p.grad_sample = None
+        # the sum of per-sample losses: each sample's gradient is its own loss's gradient
+        F.cross_entropy(wrapped(x), y, reduction="sum").backward()
+        return {n[len(prefix):] if n.startswith(prefix) else n: p.grad_sample
+                for n, p in wrapped.named_parameters()}
+
+    return run
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10)
@@ -99,14 +122,18 @@ def main():
         ours = per_sample(functorch_lite, model, params, x, y)
         ref = per_sample(torch.func, model, params, x, y)
         naive = loop(model, params, x, y)
+        hooks = opacus(model, x, y)
         progress(f"[{name}] checking agreement")
         assert_trees_close(ours(), ref())
         assert_trees_close(ours(), naive())
-        progress(f"[{name}] timing functorch_lite, torch.func and the loop, taking turns")
         variants = {"functorch_lite": ours, "torch.func": ref, "loop": naive}
+        if hooks is not None:
+            assert_trees_close(ours(), hooks())
+            variants["opacus"] = hooks
+        progress(f"[{name}] timing {', '.join(variants)}, taking turns")
         rows.append({"case": name, **interleaved_median_seconds(variants, args.repeats)})
 
-    columns = ["functorch_lite", "torch.func", "loop"]
+    columns = [c for c in ("functorch_lite", "torch.func", "loop", "opacus") if c in rows[0]]
     print(f"\nper-sample gradients, batch {BATCH}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, median of {args.repeats}\n")
     print_table(rows, columns, "functorch_lite", "torch.func")
