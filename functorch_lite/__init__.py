@@ -1,6 +1,6 @@
 """functorch_lite: composable function transforms for PyTorch.
 
-`import functorch_lite as functorch` gives the names of functorch and torch.func.
+`import functorch_lite as functorch` gives the names of functorch and of torch's func namespace.
 """
 import torch  # noqa: F401  (loads libtorch before the extension)
 

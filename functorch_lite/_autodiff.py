@@ -158,7 +158,7 @@ def _check_scalar_output(output, api):
 
 
 def grad_and_value(func, argnums=0, has_aux=False):
-    """Returns a function computing (gradient, value) of scalar `func` (see torch.func)."""
+    """Returns a function computing (gradient, value) of scalar `func` (as in functorch)."""
     return _grad_and_value(func, argnums, has_aux, "grad_and_value")
 
 
@@ -195,7 +195,7 @@ def grad(func, argnums=0, has_aux=False):
 
 
 def vjp(func, *primals, has_aux=False):
-    """Returns (output, vjp_fn[, aux]) for `func` at `primals` (see torch.func.vjp)."""
+    """Returns (output, vjp_fn[, aux]) for `func` at `primals` (the vjp of functorch)."""
     return _vjp_with_argnums(func, primals, None, has_aux, f"vjp({_name(func)}, ...)", "vjp")
 
 

@@ -1,4 +1,4 @@
-"""torch.autograd.Function inside functorch_lite transforms, the torch.func way (setup_context)."""
+"""torch.autograd.Function inside functorch_lite transforms, the functorch way (setup_context)."""
 import collections
 import functools
 import inspect

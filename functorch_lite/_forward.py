@@ -123,7 +123,7 @@ def _jvp_with_argnums(func, args, tangents, argnums, strict, has_aux, api, level
 
 
 def jvp(func, primals, tangents, *, strict=False, has_aux=False):
-    """Returns (func(*primals), J @ tangents[, aux]): forward-mode AD (see torch.func.jvp)."""
+    """Returns (func(*primals), J @ tangents[, aux]): forward-mode AD (the jvp of functorch)."""
     api = f"jvp({_name(func)}, primals, tangents)"
     return _jvp_with_argnums(func, primals, tangents, None, strict, has_aux, api, "jvp")
 

@@ -176,7 +176,7 @@ def functional_call(
 ) -> Any:
     """Calls ``module(*args, **kwargs)`` with its parameters and buffers replaced by the given ones.
 
-    Same contract as ``torch.func.functional_call``: ``parameter_and_buffer_dicts`` is one
+    Same contract as functorch's ``functional_call``: ``parameter_and_buffer_dicts`` is one
     dict or a tuple/list of dicts with distinct keys; ``args`` that is not a tuple is a single
     argument; ``tie_weights`` and ``strict`` as documented there. The module is restored
     afterwards, even when the call raises.

@@ -100,7 +100,7 @@ def functionalize(func: Callable[..., Any], *, remove: str = "mutations") -> Cal
     ``remove='mutations'`` replaces in-place and out= ops by their out-of-place versions;
     ``remove='mutations_and_views'`` also replaces every view op by its ``*_copy`` version.
     Mutations of the inputs are applied back to them after the call, as
-    ``torch.func.functionalize`` does. See NOTE: [functionalize on torch's functionalization]
+    functorch's ``functionalize`` does. See NOTE: [functionalize on torch's functionalization]
     and NOTE: [functionalize and autograd].
     """
     if remove not in _REAPPLY_VIEWS:
@@ -122,7 +122,7 @@ def functionalize(func: Callable[..., Any], *, remove: str = "mutations") -> Cal
         if any(isinstance(x, Tensor) and torch._is_functional_tensor(x) for x in inputs):
             raise RuntimeError(
                 "functionalize: got an input that is already functionalized by another "
-                "transform (e.g. torch.func.functionalize), which can't be nested with this one. "
+                "transform (e.g. torch's own functionalize), which can't be nested with this one. "
                 "Please use functorch_lite.functionalize for every level."
             )
         functional_inputs = [_to_functional(x) for x in inputs]

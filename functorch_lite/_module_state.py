@@ -56,7 +56,7 @@ def _stacked_leaf(api: str, name: str, tensors: Sequence[Tensor]) -> Tensor:
 
 
 def stack_module_state(models: Sequence[nn.Module]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-    """stack_module_state(models) -> params, buffers, as ``torch.func.stack_module_state``.
+    """stack_module_state(models) -> params, buffers, as functorch's ``stack_module_state``.
 
     Stacks the parameters and buffers of M models of one class along a new dim 0, keyed
     by name; stacked parameters are new leaves that require grad like the originals.

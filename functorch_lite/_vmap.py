@@ -186,7 +186,7 @@ def _chunked_call(func, in_dims, out_dims, randomness, chunk_size, args, kwargs)
 
 
 def vmap(func, in_dims=0, out_dims=0, randomness="error", *, chunk_size=None):
-    """Vectorizes `func` over dimension `in_dims` of its inputs (see torch.func.vmap)."""
+    """Vectorizes `func` over dimension `in_dims` of its inputs (the vmap of functorch)."""
     name = getattr(func, "__name__", repr(func))
     if randomness not in _RANDOMNESS:
         raise RuntimeError(

@@ -693,7 +693,7 @@ def test_functionalize_rejects_inputs_functionalized_by_torch_func():
         torch.func.functionalize(outer)(torch.randn(2))
     assert str(error.value) == (
         "functionalize: got an input that is already functionalized by another transform (e.g. "
-        "torch.func.functionalize), which can't be nested with this one. Please use "
+        "torch's own functionalize), which can't be nested with this one. Please use "
         "functorch_lite.functionalize for every level."
     )
     assert not torch._C._dispatch_tls_is_dispatch_key_included(torch._C.DispatchKey.Functionalize)
