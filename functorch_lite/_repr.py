@@ -1,4 +1,4 @@
-"""Printing wrapper tensors: `print(x)` inside vmap or grad shows the level and the value."""
+"""Looking at wrapper tensors: printing, debug_unwrap, and .tolist() / .numpy() inside transforms."""
 import textwrap
 
 import torch
@@ -29,6 +29,8 @@ def _str(self, *, tensor_contents=None):
 
 def install():
     torch._tensor_str._str = _str
+    torch.Tensor.tolist = _tolist
+    torch.Tensor.numpy = _numpy
 
 
 def debug_unwrap(tensor, *, recurse=True):
@@ -41,3 +43,34 @@ def debug_unwrap(tensor, *, recurse=True):
         if not recurse:
             break
     return tensor
+
+
+# NOTE: [Reading data out of wrappers]
+# .tolist() and .numpy() are not operators: they read a tensor's storage, which a wrapper does
+# not have. Under vmap there is no single answer, so they raise the same error as .item() (by
+# calling it); under grad alone they read the plain tensor underneath, as .item() does.
+_plain_tolist = torch.Tensor.tolist
+_plain_numpy = torch.Tensor.numpy
+
+
+def _readable(tensor):
+    if _C._level_of(tensor) is None:
+        return tensor
+    plain = debug_unwrap(tensor)
+    if any(_C._is_batched(t) for t in _wrapper_chain(tensor)):
+        tensor.item()  # raises: "vmap: .item() (or float(), int(), .tolist()) was called ..."
+    return plain.detach()
+
+
+def _wrapper_chain(tensor):
+    while _C._level_of(tensor) is not None:
+        yield tensor
+        tensor = debug_unwrap(tensor, recurse=False)
+
+
+def _tolist(self):
+    return _plain_tolist(_readable(self))
+
+
+def _numpy(self, *, force=False):
+    return _plain_numpy(_readable(self), force=force)

@@ -228,15 +228,6 @@ class TestVmapDataDependence(expecttest.TestCase):
         f = ft.vmap(ft.vmap(lambda x: x.item()))
         assert message(lambda: f(torch.randn(2, 3))) == ITEM_MESSAGE
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="C++ (csrc/core/wrappers.cpp, BatchedTensorImpl): Tensor.tolist() is not an "
-        "operator; it reads the data pointer of the storage-less batched tensor and fails with "
-        "torch's 'Cannot access data pointer of Tensor that doesn't have storage' (no vmap "
-        "prefix, no advice; same for x.numpy(), x.data_ptr()). Calling "
-        "release_storage_and_set_meta_custom_data_ptr_error_msg_(<the .item() message>) instead "
-        "of set_storage_access_should_throw() in the constructor would fix it.",
-    )
     def test_tolist(self):
         assert message(lambda: ft.vmap(lambda x: x.tolist())(torch.randn(3))) == ITEM_MESSAGE
 
@@ -454,12 +445,6 @@ class TestGradErrors(expecttest.TestCase):
             """grad: the function called the in-place operator aten::copy_ on a tensor captured from outside the function (a tensor that is not one of its inputs). Mutating captured tensors inside grad is not supported: clone the tensor first, or pass it to the function as an input.""",
         )
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="Tensor.tolist() inside grad: torch refuses .tolist() on tensor-subclass-like "
-        "tensors, which grad wrappers are (NOTE: [Wrappers are tensor-subclass-like]); "
-        ".item() inside grad works.",
-    )
     def test_tolist_inside_grad_works_like_item(self):
         x = torch.tensor(2.0)
         torch.testing.assert_close(ft.grad(lambda x: x * sum([x.tolist()]))(x), x)
