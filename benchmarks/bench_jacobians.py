@@ -1,4 +1,8 @@
-"""Benchmark: jacrev, jacfwd, hessian and vmap(jacrev) of functorch_lite vs torch.func, same run."""
+"""Benchmark: jacrev, jacfwd, hessian and vmap(jacrev) of functorch_lite vs torch.func vs a loop.
+
+The loop is torch.autograd.functional (one backward per output row, vectorize=False), and a
+Python loop over the batch for vmap(jacrev). Writes benchmarks/results/jacobians.{json,png}.
+"""
 import argparse
 import statistics
 import sys
@@ -8,6 +12,7 @@ import torch
 import torch.func
 
 import functorch_lite._jacobians as jac
+from common import progress, write_results
 from functorch_lite._vmap import vmap
 
 # NOTE: [What bench_jacobians measures]
@@ -60,6 +65,16 @@ def build(module, vmap_fn, kind, f):
     return getattr(module, kind)(f)
 
 
+def loop_reference(kind, f):
+    """The same Jacobian from torch.autograd.functional, one output row at a time."""
+    functional = torch.autograd.functional
+    if kind == "hessian":
+        return lambda x: functional.hessian(f, x)
+    if kind == "vmap_jacrev":
+        return lambda xs: torch.stack([functional.jacobian(f, x) for x in xs])
+    return lambda x: functional.jacobian(f, x)
+
+
 def interleaved_medians(variants, args, warmup, repeat):
     times = {name: [] for name in variants}
     for round_ in range(warmup + repeat):
@@ -83,21 +98,31 @@ def main():
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), float32, "
           f"median of {args.repeat} runs")
     generator = torch.Generator().manual_seed(0)
-    header = f"{'case':<26}{'functorch_lite':>16}{'torch.func':>14}{'ratio':>8}"
+    header = f"{'case':<26}{'functorch_lite':>16}{'torch.func':>14}{'loop':>14}{'ratio':>8}"
     print(header)
     print("-" * len(header))
     worst = 0.0
+    rows = []
     for name, kind, f, inputs in cases(generator):
+        progress(f"[{name}] checking agreement and timing")
         ours = build(jac, vmap, kind, f)
         ref = build(torch.func, torch.func.vmap, kind, f)
+        loop = loop_reference(kind, f)
         torch.testing.assert_close(ours(*inputs), ref(*inputs), atol=1e-4, rtol=1e-4)
-        t = interleaved_medians({"ours": ours, "ref": ref}, inputs, args.warmup, args.repeat)
+        torch.testing.assert_close(ours(*inputs), loop(*inputs), atol=1e-4, rtol=1e-4)
+        t = interleaved_medians({"ours": ours, "ref": ref, "loop": loop}, inputs, args.warmup,
+                                args.repeat)
         ratio = t["ours"] / t["ref"]
         worst = max(worst, ratio)
-        print(f"{name:<26}{t['ours'] * 1e3:>13.3f} ms{t['ref'] * 1e3:>11.3f} ms{ratio:>8.2f}")
+        rows.append({"case": name, "functorch_lite": t["ours"], "torch.func": t["ref"],
+                     "loop": t["loop"]})
+        print(f"{name:<26}{t['ours'] * 1e3:>13.3f} ms{t['ref'] * 1e3:>11.3f} ms"
+              f"{t['loop'] * 1e3:>11.3f} ms{ratio:>8.2f}")
         sys.stdout.flush()
     print(f"ratio = functorch_lite / torch.func (below 1.0: functorch_lite is faster); "
           f"worst {worst:.2f}")
+    json_path, png = write_results("jacobians", rows, ["functorch_lite", "torch.func", "loop"])
+    print(f"wrote {json_path}" + (f" and {png}" if png else ""))
 
 
 if __name__ == "__main__":

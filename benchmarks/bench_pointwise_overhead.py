@@ -15,6 +15,7 @@ import timeit
 import torch
 
 import functorch_lite
+from common import write_results
 
 SHORT, LONG = 10, 40
 
@@ -73,6 +74,14 @@ def main():
     ratio_marginal = marginal("functorch_lite") / marginal("torch.func")
     print(f"ratio functorch_lite / torch.func: {ratio:.2f} (chain of 10), "
           f"{ratio_marginal:.2f} (marginal); target <= 1.0")
+    # seconds per op, as the other benchmarks' JSON and charts use seconds
+    rows = [{"case": "chain of 10", "functorch_lite": best["functorch_lite"][0] * 1e-6,
+             "torch.func": best["torch.func"][0] * 1e-6, "eager": eager * 1e-6},
+            {"case": "marginal", "functorch_lite": marginal("functorch_lite") * 1e-6,
+             "torch.func": marginal("torch.func") * 1e-6, "eager": eager * 1e-6}]
+    json_path, png = write_results("pointwise_overhead", rows,
+                                   ["functorch_lite", "torch.func", "eager"])
+    print(f"wrote {json_path}" + (f" and {png}" if png else ""))
 
 
 if __name__ == "__main__":
