@@ -130,15 +130,9 @@ void vmapFallback(const c10::OperatorHandle& op, torch::jit::Stack* stack, const
   }
 
   for (size_t j = 0; j < num_returns; ++j) {
-    const auto* alias = schema.returns()[j].alias_info();
-    if (alias != nullptr && alias->isWrite()) {
-      for (size_t i = 0; i < num_args; ++i) {
-        const auto* arg_alias = schema.arguments()[i].alias_info();
-        if (arg_alias != nullptr && arg_alias->beforeSets() == alias->beforeSets()) {
-          stack->push_back(arguments[i]);
-          break;
-        }
-      }
+    const int64_t written = writtenArgument(schema, j);
+    if (written >= 0) {
+      stack->push_back(arguments[written]);
       continue;
     }
     const auto& type = schema.returns()[j].type();

@@ -145,8 +145,7 @@ void leadingDimsRule(const c10::OperatorHandle& op, torch::jit::Stack* stack,
 }
 
 bool writesArgument(const c10::OperatorHandle& op, size_t i) {
-  const auto* alias = op.schema().arguments()[i].alias_info();
-  return alias != nullptr && alias->isWrite();
+  return writes(op.schema().arguments()[i]);
 }
 
 void wrapOutputs(const c10::OperatorHandle& op, torch::jit::Stack* stack, const LayerPtr& layer,
@@ -156,15 +155,9 @@ void wrapOutputs(const c10::OperatorHandle& op, torch::jit::Stack* stack, const 
   const size_t begin = stack->size() - num_returns;
   for (size_t j = 0; j < num_returns; ++j) {
     c10::IValue& ret = (*stack)[begin + j];
-    const auto* ret_alias = schema.returns()[j].alias_info();
-    if (ret_alias != nullptr && ret_alias->isWrite()) {
-      for (size_t i = 0; i < schema.arguments().size(); ++i) {
-        const auto* arg_alias = schema.arguments()[i].alias_info();
-        if (arg_alias != nullptr && arg_alias->beforeSets() == ret_alias->beforeSets()) {
-          ret = arguments[i];
-          break;
-        }
-      }
+    const int64_t written = writtenArgument(schema, j);
+    if (written >= 0) {
+      ret = arguments[written];
       continue;
     }
     mapTensors(ret, [&](const at::Tensor& t) { return makeBatched(t, bdim, layer); });

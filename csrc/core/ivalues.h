@@ -1,8 +1,9 @@
 // Visiting and replacing the tensors among an operator's boxed arguments or returns.
 #pragma once
 
-#include <ATen/core/stack.h>
+#include <ATen/core/function_schema.h>
 #include <ATen/core/ivalue.h>
+#include <ATen/core/stack.h>
 
 namespace functorch_lite {
 
@@ -50,6 +51,27 @@ void mapTensors(c10::IValue& v, Fn&& fn) {
 // The argument slots [first, end) of an operator call on `stack`.
 inline size_t argumentsBegin(const torch::jit::Stack& stack, size_t num_arguments) {
   return stack.size() - num_arguments;
+}
+
+// True when the operator writes into this argument (in-place self, out=).
+inline bool writes(const c10::Argument& arg) {
+  return arg.alias_info() != nullptr && arg.alias_info()->isWrite();
+}
+
+// The argument that return `ret` of an in-place or out= operator aliases, or -1 for a return
+// that is a new tensor.
+inline int64_t writtenArgument(const c10::FunctionSchema& schema, size_t ret) {
+  const auto* ret_alias = schema.returns()[ret].alias_info();
+  if (ret_alias == nullptr || !ret_alias->isWrite()) return -1;
+  const auto& args = schema.arguments();
+  for (size_t i = 0; i < args.size(); ++i) {
+    const auto* arg_alias = args[i].alias_info();
+    if (arg_alias != nullptr && arg_alias->isWrite() &&
+        arg_alias->beforeSets() == ret_alias->beforeSets()) {
+      return static_cast<int64_t>(i);
+    }
+  }
+  return -1;
 }
 
 }  // namespace functorch_lite

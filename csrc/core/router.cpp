@@ -17,10 +17,6 @@ namespace functorch_lite {
 
 namespace {
 
-bool writes(const c10::Argument& arg) {
-  return arg.alias_info() != nullptr && arg.alias_info()->isWrite();
-}
-
 // NOTE: [Escaped wrappers]
 // A wrapper whose layer was popped has escaped its transform. A dead GradWrapper behaves as its
 // value (as in functorch); a dead BatchedTensor has no meaning outside its vmap, so using it is

@@ -20,21 +20,6 @@ namespace {
 
 thread_local std::vector<c10::impl::LocalDispatchKeySet> saved_states_;
 
-// The argument that an in-place or out= return aliases, or -1.
-int64_t writtenArgument(const c10::FunctionSchema& schema, size_t ret) {
-  const auto* ret_alias = schema.returns()[ret].alias_info();
-  if (ret_alias == nullptr || !ret_alias->isWrite()) return -1;
-  const auto& args = schema.arguments();
-  for (size_t i = 0; i < args.size(); ++i) {
-    const auto* arg_alias = args[i].alias_info();
-    if (arg_alias != nullptr && arg_alias->isWrite() &&
-        arg_alias->beforeSets() == ret_alias->beforeSets()) {
-      return static_cast<int64_t>(i);
-    }
-  }
-  return -1;
-}
-
 void unwrapKernel(const c10::OperatorHandle& op, c10::DispatchKeySet, torch::jit::Stack* stack) {
   const auto& schema = op.schema();
   const size_t num_args = schema.arguments().size();
