@@ -11,3 +11,14 @@ def _no_leftover_levels():
     assert _C._layer_depth() == 0
     yield
     assert _C._layer_depth() == 0, "a transform left a level behind"
+
+
+@pytest.fixture
+def no_fallback():
+    """Disables vmap's for-loop fallback (only batching rules may run), then restores it."""
+    previous = _C._is_vmap_fallback_enabled()
+    _C._set_vmap_fallback_enabled(False)
+    try:
+        yield
+    finally:
+        _C._set_vmap_fallback_enabled(previous)

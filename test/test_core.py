@@ -49,7 +49,7 @@ def test_per_sample_grads_of_an_mlp_match_torch_func():
             assert_close(ours[k][i], loop[i][k])
 
 
-def test_per_sample_grads_run_without_the_fallback():
+def test_per_sample_grads_run_without_the_fallback(no_fallback):
     model = mlp()
     params = {k: v.detach() for k, v in model.named_parameters()}
     x, y = torch.randn(8, 784), torch.randint(0, 10, (8,))
@@ -57,11 +57,7 @@ def test_per_sample_grads_run_without_the_fallback():
     def loss(p, xi, yi):
         return F.cross_entropy(ft.functional_call(model, p, (xi.unsqueeze(0),)), yi.unsqueeze(0))
 
-    _C._set_vmap_fallback_enabled(False)
-    try:
-        ft.vmap(ft.grad(loss), in_dims=(None, 0, 0))(params, x, y)
-    finally:
-        _C._set_vmap_fallback_enabled(True)
+    ft.vmap(ft.grad(loss), in_dims=(None, 0, 0))(params, x, y)
 
 
 def test_grad_of_sin_is_cos():

@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 
 import functorch_lite as ft
-from functorch_lite import _C
 
 B = 6
 
@@ -48,14 +47,10 @@ def test_same_draws_once_for_the_batch(name):
     assert rows_equal(out)
 
 
-def test_different_runs_without_the_fallback():
+def test_different_runs_without_the_fallback(no_fallback):
     x = torch.randn(B, 3)
-    _C._set_vmap_fallback_enabled(False)
-    try:
-        for name in ("randn", "rand_like", "uniform_", "dropout"):
-            ft.vmap(CASES[name], randomness="different")(x)
-    finally:
-        _C._set_vmap_fallback_enabled(True)
+    for name in ("randn", "rand_like", "uniform_", "dropout"):
+        ft.vmap(CASES[name], randomness="different")(x)
 
 
 def test_nested_vmap_draws_per_element_of_both_levels():

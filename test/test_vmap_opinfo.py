@@ -163,17 +163,6 @@ def _cases(name):
     return cases
 
 
-@pytest.fixture
-def no_fallback():
-    """Disables the for-loop fallback, and restores the previous setting."""
-    previous = _C._is_vmap_fallback_enabled()
-    _C._set_vmap_fallback_enabled(False)
-    try:
-        yield
-    finally:
-        _C._set_vmap_fallback_enabled(previous)
-
-
 @pytest.fixture(autouse=True)
 def quiet_fallback():
     previous = _C._is_vmap_fallback_warning_enabled()

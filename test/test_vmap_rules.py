@@ -5,20 +5,12 @@ import torch
 import torch.nn.functional as F
 
 import functorch_lite as ft
-from functorch_lite import _C
 
 B = 3
 
 
-@pytest.fixture(autouse=True)
-def no_fallback():
-    """Every case here must run on batching rules alone; the switch is restored afterwards."""
-    previous = _C._is_vmap_fallback_enabled()
-    _C._set_vmap_fallback_enabled(False)
-    try:
-        yield
-    finally:
-        _C._set_vmap_fallback_enabled(previous)
+# Every case here must run on batching rules alone (the fixture is in conftest.py).
+pytestmark = pytest.mark.usefixtures("no_fallback")
 
 
 def loop(fn, *args, in_dims=0):
