@@ -5,6 +5,7 @@
 
 #include "batching/fallback.h"
 #include "batching/random.h"
+#include "compile/pool.h"
 #include "core/keys.h"
 #include "core/layer.h"
 #include "core/router.h"
@@ -95,6 +96,28 @@ py::object levelOf(const at::Tensor& t) {
   return py::int_((*layer)->level);
 }
 
+// The memory pool as a Python context manager (see PoolGuard).
+class PyPool {
+ public:
+  void enter() { guard_ = std::make_unique<PoolGuard>(); }
+  void exit(const py::args&) { guard_.reset(); }
+
+ private:
+  std::unique_ptr<PoolGuard> guard_;
+};
+
+py::dict poolStatsDict() {
+  PoolStats s = poolStats();
+  py::dict d;
+  d["free_bytes"] = s.free_bytes;
+  d["used_bytes"] = s.used_bytes;
+  d["reused"] = s.reused;
+  d["allocated"] = s.allocated;
+  d["limit_bytes"] = s.limit_bytes;
+  d["installed"] = s.installed;
+  return d;
+}
+
 }  // namespace
 }  // namespace functorch_lite
 
@@ -154,4 +177,14 @@ PYBIND11_MODULE(_C, m) {
   m.def("_set_fallback_counting", &setFallbackCounting);
   m.def("_fallback_counts", &fallbackCounts);
   m.def("_reset_fallback_counts", &resetFallbackCounts);
+
+  py::class_<PyPool>(m, "_MemoryPool")
+      .def(py::init<>())
+      .def("__enter__", &PyPool::enter)
+      .def("__exit__", &PyPool::exit);
+  m.def("_memory_pool_stats", &poolStatsDict);
+  m.def("_set_memory_pool_limit", &setPoolLimit);
+  m.def("_set_memory_pool_enabled", &setPoolEnabled);
+  m.def("_is_memory_pool_enabled", &isPoolEnabled);
+  m.def("_empty_memory_pool", &emptyPool);
 }

@@ -12,6 +12,8 @@ from torch._decomp import get_decompositions
 from torch._guards import detect_fake_mode
 from torch.fx.experimental.proxy_tensor import make_fx
 
+from functorch_lite.compile._pooling import pooling_decompositions
+
 # NOTE: [Compilers and the boxed calling convention]
 # A compiler is a function (fx.GraphModule, example_inputs) -> callable. example_inputs are
 # the fake tensors the graph was traced with (the compiler must not read their data). The
@@ -76,7 +78,8 @@ def inductor_compile(fx_g: fx.GraphModule, example_inputs: Sequence[Any]) -> Cal
         from torch._inductor.compile_fx import compile_fx_inner
         from torch._inductor.decomposition import select_decomp_table
 
-        gm = _retraced(fx_g, list(example_inputs), select_decomp_table())
+        table = select_decomp_table()
+        gm = _retraced(fx_g, list(example_inputs), {**table, **pooling_decompositions(table)})
         return compile_fx_inner(
             gm,
             list(example_inputs),

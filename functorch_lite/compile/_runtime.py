@@ -7,7 +7,7 @@ import torch.fx as fx
 import torch.utils._pytree as pytree
 from torch.autograd.function import once_differentiable
 
-from functorch_lite.compile._compilers import call_compiled
+from functorch_lite.compile._pool import run_in_pool
 from functorch_lite.compile._trace import _CONST, _INPUT, _TRACED, TraceMeta
 
 # NOTE: [The compiled autograd.Function]
@@ -26,6 +26,8 @@ from functorch_lite.compile._trace import _CONST, _INPUT, _TRACED, TraceMeta
 # assembles fn's outputs: traced outputs, constants, inputs returned as is, and views of
 # inputs regenerated with as_strided so they alias like in eager
 # (NOTE: [Input mutations and aliased outputs]).
+# Every graph runs with its large allocations served by the memory pool
+# (NOTE: [The memory pool of compiled graphs]).
 
 
 class CompiledGraphs:
@@ -85,7 +87,7 @@ class CompiledGraphs:
             outs = _CompiledFunction.apply(self, *tensors)
         else:
             with torch.no_grad():
-                outs = call_compiled(self.inference, list(tensors))
+                outs = run_in_pool(self.inference, list(tensors))
         m = self.num_mutations
         if m:
             with torch.no_grad():
@@ -116,7 +118,7 @@ class _CompiledFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, graphs: CompiledGraphs, *tensors: torch.Tensor) -> tuple:
-        outs = call_compiled(graphs.forward, list(tensors))
+        outs = run_in_pool(graphs.forward, list(tensors))
         n = graphs.num_fw_outputs
         saved = outs[n:]
         ctx.graphs = graphs
@@ -142,5 +144,5 @@ class _CompiledFunction(torch.autograd.Function):
         tangents = [grad_outputs[i].contiguous() for i in graphs.diff_positions]
         args = [tangents[i] if is_tangent else saved[i] for is_tangent, i in graphs.bw_sources]
         del saved, tangents
-        grads = call_compiled(graphs.backward, args)
+        grads = run_in_pool(graphs.backward, args)
         return (None, *grads)
