@@ -13,13 +13,15 @@ import torch.nn.functional as F
 
 import functorch_lite
 from common import assert_trees_close, progress, write_results
-from functorch_lite.compile import aot_function, inductor_compile, nop
+from functorch_lite.compile import aot_function, inductor_compile, nop, set_memory_pool_enabled
 
 # NOTE: [What bench_compile measures]
 # For each model, per-sample gradients of the loss w.r.t. the parameters for a batch of 64:
 #   torch.func eager   torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0, 0))
 #   aot nop            aot_function(vmap(grad(loss)), nop): the traced aten graph run eagerly
 #   aot inductor       aot_function(vmap(grad(loss)), inductor_compile)
+#   inductor no pool   the same compiled function with the memory pool off
+#                      (NOTE: [The memory pool of compiled graphs]), to show what it adds
 # vmap / grad are functorch_lite's by default (--transforms torch.func traces torch.func's
 # instead, to measure the compiler alone). The parameters do not require grad, so each
 # compiled function is ONE forward (inference) graph computing all per-sample gradients.
@@ -78,6 +80,17 @@ def interleaved_medians_s(variants, args, warmup, repeats):
     return {label: statistics.median(t) for label, t in times.items()}
 
 
+def without_pool(fn):
+    def call(*args):
+        set_memory_pool_enabled(False)
+        try:
+            return fn(*args)
+        finally:
+            set_memory_pool_enabled(True)
+
+    return call
+
+
 def first_call_s(fn, args):
     start = time.perf_counter()
     fn(*args)
@@ -130,6 +143,8 @@ def main():
         [] if args.no_inductor else [("aot inductor", inductor_compile)]
     )
     columns = ["torch.func eager"] + [label for label, _ in compilers]
+    if not args.no_inductor:
+        columns.append("inductor no pool")
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, median "
         f"of {args.repeats} runs; traced transforms: {args.transforms}; inductor caches "
@@ -153,6 +168,9 @@ def main():
             row[f"{label} compile s"] = first_call_s(compiled, inputs)
             assert_trees_close(compiled(*inputs), expected)
             variants[label] = compiled
+            if label == "aot inductor":
+                variants["inductor no pool"] = without_pool(compiled)
+                row["inductor no pool compile s"] = row[f"{label} compile s"]
         progress(f"[{case}] timing")
         row.update(interleaved_medians_s(variants, inputs, args.warmup, args.repeats))
         rows.append(row)
