@@ -33,12 +33,6 @@ NAMESPACES = [
 KNOWN_MISSING = {
     # Transforms: functorch_lite (core).
     "functorch_lite.rearrange",
-    # functorch_lite.compile (AOT Autograd).
-    "functorch_lite.compile.draw_graph_compile",
-    "functorch_lite.compile.minifier",
-    "functorch_lite.compile.nnc_jit",
-    "functorch_lite.compile.pythonkey_decompose",
-    "functorch_lite.compile.ts_compile",
 }
 
 MISSING_REASON = "not implemented yet: see docs/limitations.md"

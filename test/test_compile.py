@@ -507,10 +507,15 @@ def per_sample_loss(params, x, y):
     return F.cross_entropy(F.linear(h, w2, b2).unsqueeze(0), y.unsqueeze(0))
 
 
-def test_aot_of_vmap_of_grad_is_one_aten_graph():
+def per_sample_case():
+    """(params, x, y) for per_sample_loss: 6 examples of 5 features, 3 classes."""
     torch.manual_seed(0)
     params = [torch.randn(8, 5), torch.randn(8), torch.randn(3, 8), torch.randn(3)]
-    x, y = torch.randn(6, 5), torch.randint(0, 3, (6,))
+    return params, torch.randn(6, 5), torch.randint(0, 3, (6,))
+
+
+def test_aot_of_vmap_of_grad_is_one_aten_graph():
+    params, x, y = per_sample_case()
     graph = Capture()
     compiled = aot_function(
         functorch_lite.vmap(functorch_lite.grad(per_sample_loss), in_dims=(None, 0, 0)), graph

@@ -1,10 +1,14 @@
 """functorch_lite.compile: AOT Autograd (forward/backward FX graphs, partitioners, compilers)."""
 
+# pythonkey_decompose is torch.fx's decomposition context manager, re-exported as functorch does.
+from torch.fx.experimental.proxy_tensor import decompose as pythonkey_decompose
+
 from functorch_lite.compile._aot import aot_function, compiled_function
 from functorch_lite.compile._compilers import (
     debug_compile,
     default_decompositions,
     draw_graph,
+    draw_graph_compile,
     get_aot_compilation_context,
     get_aot_graph_name,
     get_graph_being_compiled,
@@ -20,6 +24,7 @@ from functorch_lite.compile._module import (
     compiled_module,
     memory_efficient_fusion,
 )
+from functorch_lite.compile._minifier import minifier
 from functorch_lite.compile._partition import default_partition, min_cut_rematerialization_partition
 from functorch_lite.compile._pool import (
     empty_memory_pool,
@@ -28,6 +33,7 @@ from functorch_lite.compile._pool import (
     set_memory_pool_enabled,
     set_memory_pool_limit,
 )
+from functorch_lite.compile._script import nnc_jit, ts_compile
 
 __all__ = [
     "aot_function",
@@ -39,6 +45,7 @@ __all__ = [
     "default_decompositions",
     "default_partition",
     "draw_graph",
+    "draw_graph_compile",
     "empty_memory_pool",
     "get_aot_compilation_context",
     "get_aot_graph_name",
@@ -50,8 +57,12 @@ __all__ = [
     "memory_efficient_fusion",
     "memory_pool_stats",
     "min_cut_rematerialization_partition",
+    "minifier",
+    "nnc_jit",
     "nop",
     "print_compile",
+    "pythonkey_decompose",
     "set_memory_pool_enabled",
     "set_memory_pool_limit",
+    "ts_compile",
 ]

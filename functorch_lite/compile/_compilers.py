@@ -103,6 +103,18 @@ def _retraced(fx_g: fx.GraphModule, example_inputs: list, decompositions: dict) 
     return gm
 
 
+def draw_graph_compile(name: str) -> Callable[[fx.GraphModule, list], fx.GraphModule]:
+    """A compiler that draws each graph to `<name>_<graph name>.svg` (draw_graph; needs pydot)
+    and runs it uncompiled."""
+
+    @make_boxed_compiler
+    def compiler(fx_g: fx.GraphModule, _: list) -> fx.GraphModule:
+        draw_graph(fx_g, f"{name}_{get_aot_graph_name()}")
+        return fx_g
+
+    return compiler
+
+
 def draw_graph(
     traced: fx.GraphModule,
     fname: str,
