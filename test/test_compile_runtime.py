@@ -278,3 +278,41 @@ def test_inductor_per_sample_grads_of_a_cnn_equal_torch_func(recwarn):
         for got, want in zip(compiled(params, x, y), expected):
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
     assert not [w for w in recwarn if "inductor_compile:" in str(w.message)]
+
+
+# ---------------------------------------------------------------------------------------
+# Double backward through a compiled function: refused by name, never silently constant.
+
+
+def sin_squared(w):
+    return (w.sin() ** 2).sum()
+
+
+def test_create_graph_first_order_grads_equal_eager():
+    w = torch.randn(5, requires_grad=True)
+    (got,) = torch.autograd.grad(aot_function(sin_squared, nop)(w), w, create_graph=True)
+    (want,) = torch.autograd.grad(sin_squared(w), w)
+    torch.testing.assert_close(got, want)
+    (plain,) = torch.autograd.grad(aot_function(sin_squared, nop)(w), w)
+    assert not plain.requires_grad
+
+
+class TestDoubleBackward(expecttest.TestCase):
+    def check_refused(self, fn, *args):
+        w = args[0]
+        (g,) = torch.autograd.grad(aot_function(fn, nop)(*args), w, create_graph=True)
+        with self.assertRaises(RuntimeError) as ctx:
+            # w.sum() keeps the sum differentiable: without the error, g's share would vanish.
+            torch.autograd.grad(g.sum() + w.sum(), args)
+        return str(ctx.exception)
+
+    def test_grad_of_grad_names_the_api(self):
+        w = torch.randn(5, requires_grad=True)
+        self.assertExpectedInline(
+            self.check_refused(sin_squared, w),
+            """aot_function: the backward of a compiled function cannot be differentiated again (double backward needs the joint graph of the joint graph, which is not built). Please take higher-order gradients of the function uncompiled.""",
+        )
+
+    def test_grad_that_depends_only_on_another_input_is_refused_too(self):
+        w, x = torch.randn(3, requires_grad=True), torch.randn(3, requires_grad=True)
+        self.check_refused(lambda w, x: (w * x).sum(), w, x)

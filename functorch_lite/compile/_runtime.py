@@ -5,7 +5,6 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 import torch.fx as fx
 import torch.utils._pytree as pytree
-from torch.autograd.function import once_differentiable
 
 from functorch_lite.compile._pool import run_in_pool
 from functorch_lite.compile._trace import _CONST, _INPUT, _TRACED, TraceMeta
@@ -20,8 +19,10 @@ from functorch_lite.compile._trace import _CONST, _INPUT, _TRACED, TraceMeta
 #             (contiguous, the layout they were traced with); the compiled backward graph
 #             takes its placeholders in its own order, matched to the forward's saved outputs by
 #             name (NOTE: [Partitioning the joint graph]); it returns one grad per tensor input.
-# The backward is not itself differentiable (once_differentiable): grad-of-grad needs the
-# joint of the joint, which aot_function does not build.
+# The backward is not itself differentiable: grad-of-grad needs the joint of the joint, which
+# aot_function does not build. Under create_graph=True its grads come out of a DelayedError
+# node, so differentiating them raises an error naming the API instead of silently treating
+# them as constants.
 # After the Function, the runtime writes the mutated inputs (copy_ under no_grad) and
 # assembles fn's outputs: traced outputs, constants, inputs returned as is, and views of
 # inputs regenerated with as_strided so they alias like in eager
@@ -46,6 +47,7 @@ class CompiledGraphs:
         tangent_names: tuple = (),
         keep_input_mutations: bool = False,
     ) -> None:
+        self.api = api
         self.meta = meta
         self.inference, self.forward, self.backward = inference, forward, backward
         self.num_mutations = (
@@ -134,7 +136,6 @@ class _CompiledFunction(torch.autograd.Function):
         return fw_outs
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, *grad_outputs: torch.Tensor) -> tuple:
         graphs = ctx.graphs
         tensors, others = iter(ctx.saved_tensors), iter(ctx.saved_others)
@@ -144,5 +145,32 @@ class _CompiledFunction(torch.autograd.Function):
         tangents = [grad_outputs[i].contiguous() for i in graphs.diff_positions]
         args = [tangents[i] if is_tangent else saved[i] for is_tangent, i in graphs.bw_sources]
         del saved, tangents
-        grads = run_in_pool(graphs.backward, args)
+        with torch.no_grad():
+            grads = run_in_pool(graphs.backward, args)
+        if torch.is_grad_enabled():  # create_graph=True
+            sources = [*ctx.saved_tensors, *grad_outputs]
+            grads = _not_differentiable(graphs.api, grads, sources)
         return (None, *grads)
+
+
+def _not_differentiable(api: str, grads: Sequence, sources: Sequence) -> list:
+    """grads, made to raise an error naming `api` when a double backward reaches them.
+
+    The error node takes the grads and `sources` (the saved tensors and incoming grads the
+    backward read) as inputs, so any path from the grads back to what they depend on runs
+    through it."""
+    positions = [i for i, g in enumerate(grads) if isinstance(g, torch.Tensor)]
+    linked = [t for t in sources if isinstance(t, torch.Tensor) and t.requires_grad]
+    if not positions or not linked:
+        return list(grads)
+    error = torch._C._functions.DelayedError(
+        f"{api}: the backward of a compiled function cannot be differentiated again (double "
+        "backward needs the joint graph of the joint graph, which is not built). Please take "
+        "higher-order gradients of the function uncompiled.",
+        len(positions) + len(linked),
+    )
+    wrapped = error(*[grads[i] for i in positions], *linked)
+    out = list(grads)
+    for i, g in zip(positions, wrapped):
+        out[i] = g
+    return out
