@@ -151,6 +151,25 @@ def test_training_graphs_run_in_the_pool_and_match_eager():
     assert counts()[1] > 0
 
 
+def test_pooled_memory_is_reported_to_the_profiler():
+    compiled = aot_function(outer, nop)
+    compiled(*outer_args())
+    with torch.profiler.profile(profile_memory=True) as prof:
+        out = compiled(*outer_args())
+        del out
+    mul = [e for e in prof.key_averages() if e.key == "aten::mul"]
+    assert mul and mul[0].cpu_memory_usage == LARGE[0] * LARGE[1] * 4
+
+
+def test_resizing_a_pooled_output_returns_its_block():
+    compiled = aot_function(outer, nop)
+    out = compiled(*outer_args())
+    expected = out.clone()
+    out.resize_(2 * LARGE[0], LARGE[1])  # a new, larger block; the old one is freed
+    torch.testing.assert_close(out[: LARGE[0]], expected)
+    assert memory_pool_stats()["free_bytes"] >= LARGE[0] * LARGE[1] * 4
+
+
 class TestPoolErrors(expecttest.TestCase):
     def test_negative_limit(self):
         with self.assertRaises(ValueError) as ctx:

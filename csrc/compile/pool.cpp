@@ -36,6 +36,7 @@ class PoolAllocator final : public c10::Allocator {
       used_[ptr] = size;
       used_bytes_ += size;
     }
+    c10::profiledCPUMemoryReporter().New(ptr, size);  // what the profiler sees, as by default
     return {ptr, ptr, &release, c10::Device(c10::kCPU)};
   }
 
@@ -130,7 +131,10 @@ PoolAllocator& pool() {
 }
 
 void PoolAllocator::release(void* ptr) {
-  if (pool().giveBack(ptr)) return;
+  if (pool().giveBack(ptr)) {
+    c10::profiledCPUMemoryReporter().Delete(ptr);
+    return;
+  }
   // Memory from the base allocator freed through raw_deleter.
   auto deleter = pool().base_->raw_deleter();
   if (deleter != nullptr) {
