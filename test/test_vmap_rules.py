@@ -251,3 +251,44 @@ def test_per_sample_gradients_of_a_cnn():
         expected = torch.autograd.grad(loss(leaves, x[b], y[b]), list(leaves.values()))
         for k, g in zip(leaves, expected):
             torch.testing.assert_close(per_sample[k][b], g, atol=1e-5, rtol=1e-4)
+
+
+# ---- as_strided: offsets relative to each sample (NOTE: [as_strided under vmap]) -----------
+
+def shifted_window(t):
+    return t.as_strided((2, 3), (1, 2), t.storage_offset() + 1)
+
+
+@pytest.mark.parametrize("in_dim", [0, 1])
+def test_as_strided_offsets_are_relative_to_each_sample(in_dim):
+    base = torch.randn(9, 10)[1:, 1:]  # samples do not start at offset 0
+    x = base if in_dim == 0 else base.t()
+    check(shifted_window, x, in_dims=in_dim)
+    check(lambda t: t.as_strided((4,), (2,)), x, in_dims=in_dim)  # no offset: each sample's own
+
+
+def test_storage_offset_is_the_first_samples():
+    x = torch.randn(B, 8)[:, 2:]
+    assert ft.vmap(lambda t: torch.tensor(t.storage_offset()))(x).tolist() == [2] * B
+    assert ft.grad(lambda t: (t * t.storage_offset()).sum())(x).eq(2).all()
+
+
+def test_as_strided_inplace_and_copy():
+    x = torch.randn(B, 8)
+
+    def inplace(t):
+        t = t.clone()
+        t.as_strided_((3,), (2,))
+        return t * 1
+
+    check(inplace, x)
+    check(lambda t: torch.as_strided_copy(t, (2, 2), (3, 1), t.storage_offset() + 1), x)
+
+
+def test_vjp_of_stft_uses_as_strided_like_a_loop():
+    window = torch.hann_window(8)
+
+    def spectrum(x):
+        return torch.stft(x, 8, hop_length=4, window=window, return_complex=True).abs()
+
+    check_vjp(spectrum, torch.randn(B, 40))

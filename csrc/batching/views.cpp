@@ -1,6 +1,6 @@
 // Shape operators whose arguments are sizes or permutations: view, reshape, expand, permute,
-// squeeze, t, repeat, roll, padding, joining tensor lists (cat, stack), the *_copy forms of
-// views, and the new_* factories.
+// squeeze, t, repeat, roll, as_strided, padding, joining tensor lists (cat, stack), the *_copy
+// forms of views, and the new_* factories.
 #include <ATen/ops/cat.h>
 #include <ATen/ops/stack.h>
 #include <ATen/ops/constant_pad_nd.h>
@@ -153,8 +153,23 @@ void blockDiagRule(const c10::OperatorHandle& op, torch::jit::Stack* stack,
   torch::jit::push(*stack, makeBatched(out, 0, layer));
 }
 
+// NOTE: [as_strided under vmap]
+// A batched tensor's logical storage offset is its first sample's (BatchedTensorImpl reports
+// value.storage_offset()), and as_strided's storage_offset is read relative to each sample's
+// own: sample b's view starts batch_stride * b further than sample 0's. A loop computing the
+// offset of x[b].as_strided(...) from x[b].storage_offset(), as ATen's backward formulas do,
+// gives the same views; so does torch.func. Without an offset the view starts where each
+// sample does.
+at::Tensor asStrided(const at::Tensor& front, int64_t, const Args& args, const Layer& layer) {
+  std::vector<c10::SymInt> strides{front.sym_stride(0)};
+  for (const auto& s : args[2].toSymIntVector()) strides.push_back(s);
+  const c10::SymInt offset =
+      args[3].isNone() ? front.sym_storage_offset() : args[3].toSymInt();
+  return front.as_strided_symint(withBatch(layer, args[1].toSymIntVector()), strides, offset);
+}
+
 // NOTE: [In-place view operators]
-// squeeze_, unsqueeze_, transpose_ and t_ change a tensor's metadata, not its data. The
+// squeeze_, unsqueeze_, transpose_, t_ and as_strided_ change a tensor's metadata, not its data. The
 // out-of-place operator runs on the batched tensor, and the wrapper takes the resulting physical
 // value (a view of its old one), so every later use sees the new logical shape.
 BatchRule inplaceViewRule(const char* name, const char* overload) {
@@ -180,6 +195,7 @@ const RuleTable kInplaceViews({
     {"aten::unsqueeze_", inplaceViewRule("aten::unsqueeze", "")},
     {"aten::transpose_", inplaceViewRule("aten::transpose", "int")},
     {"aten::t_", inplaceViewRule("aten::t", "")},
+    {"aten::as_strided_", inplaceViewRule("aten::as_strided", "")},
 });
 
 // NOTE: [The *_copy forms of views]
@@ -255,6 +271,7 @@ const RuleTable kCopies({
     {"aten::transpose_copy.int", copyOfViewRule("aten::transpose", "int")},
     {"aten::view_as_real_copy", copyOfViewRule("aten::view_as_real", "")},
     {"aten::view_as_complex_copy", copyOfViewRule("aten::view_as_complex", "")},
+    {"aten::as_strided_copy", copyOfViewRule("aten::as_strided", "")},
 });
 
 const RuleTable kNewFactories({
@@ -275,6 +292,7 @@ const RuleTable kViews({
     {"aten::squeeze", frontRule(squeezeAll)},
     {"aten::repeat", frontRule(repeat)},
     {"aten::roll", frontRule(roll)},
+    {"aten::as_strided", frontRule(asStrided)},
     {"aten::constant_pad_nd", leadingDimsRule},
     {"aten::view_as_complex", leadingDimsRule},
     {"aten::cat", joinRule<false>},

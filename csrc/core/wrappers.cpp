@@ -72,7 +72,8 @@ void BatchedTensorImpl::refreshMetadata() {
     logical_sizes.push_back(sizes[d]);
     logical_strides.push_back(strides[d]);
   }
-  set_sizes_and_strides(logical_sizes, logical_strides);
+  // The logical storage offset is the first sample's (NOTE: [as_strided under vmap]).
+  set_sizes_and_strides(logical_sizes, logical_strides, value_.sym_storage_offset());
 }
 
 const char* BatchedTensorImpl::tensorimpl_type_name() const {
@@ -107,13 +108,14 @@ GradWrapperImpl::GradWrapperImpl(at::Tensor value, LayerPtr layer, bool immutabl
       layer_(std::move(layer)),
       immutable_(immutable) {
   key_set_ = key_set_ | kSubclassLikeKeys;  // NOTE: [Wrappers are tensor-subclass-like]
-  set_sizes_and_strides(value_.sym_sizes(), value_.sym_strides());
+  set_sizes_and_strides(value_.sym_sizes(), value_.sym_strides(), value_.sym_storage_offset());
   set_storage_access_should_throw();
 }
 
 void GradWrapperImpl::refreshMetadata() {
-  if (sym_sizes() != value_.sym_sizes() || sym_strides() != value_.sym_strides()) {
-    set_sizes_and_strides(value_.sym_sizes(), value_.sym_strides());
+  if (sym_sizes() != value_.sym_sizes() || sym_strides() != value_.sym_strides() ||
+      sym_storage_offset() != value_.sym_storage_offset()) {
+    set_sizes_and_strides(value_.sym_sizes(), value_.sym_strides(), value_.sym_storage_offset());
   }
 }
 
