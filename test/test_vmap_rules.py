@@ -292,3 +292,38 @@ def test_vjp_of_stft_uses_as_strided_like_a_loop():
         return torch.stft(x, 8, hop_length=4, window=window, return_complex=True).abs()
 
     check_vjp(spectrum, torch.randn(B, 40))
+
+
+# ---- memory formats: each sample laid out channels-last (NOTE: [Memory formats under vmap]) --
+
+LAYOUT_CASES = {
+    "clone": lambda t: t.clone(memory_format=torch.channels_last),
+    "to": lambda t: t.to(torch.float64, memory_format=torch.channels_last),
+    "contiguous": lambda t: t.contiguous(memory_format=torch.channels_last),
+    "empty_like": lambda t: torch.empty_like(t, memory_format=torch.channels_last).fill_(2),
+}
+
+
+@pytest.mark.parametrize("name", LAYOUT_CASES)
+@pytest.mark.parametrize("in_dim", [0, 4])
+def test_channels_last_per_sample(name, in_dim):
+    fn = LAYOUT_CASES[name]
+    x = torch.randn(B, 2, 4, 5, 6).movedim(0, in_dim)
+    check(fn, x, in_dims=in_dim)
+    laid_out = ft.vmap(
+        lambda t: torch.tensor(fn(t).is_contiguous(memory_format=torch.channels_last)),
+        in_dims=in_dim,
+    )(x)
+    assert laid_out.all()
+
+
+def test_channels_last_3d_per_sample():
+    x = torch.randn(B, 2, 3, 4, 5, 6)
+    out = ft.vmap(lambda t: t.contiguous(memory_format=torch.channels_last_3d))(x)
+    torch.testing.assert_close(out, x)
+    assert out[1].is_contiguous(memory_format=torch.channels_last_3d)
+
+
+def test_channels_last_needs_rank_4_samples():
+    with pytest.raises(RuntimeError, match=r"^vmap: required rank 4 tensor to use channels_last format"):
+        ft.vmap(lambda t: t.clone(memory_format=torch.channels_last))(torch.randn(B, 4, 5, 6))

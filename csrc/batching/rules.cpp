@@ -8,6 +8,7 @@
 #include <unordered_map>
 
 #include "batching/fallback.h"
+#include "batching/memory_format.h"
 #include "batching/vmap.h"
 #include "core/ivalues.h"
 #include "core/keys.h"
@@ -25,6 +26,7 @@ std::unordered_map<std::string, BatchRule>& rulesByName() {
 struct OpEntry {
   const BatchRule* rule;
   bool decompose;  // has a CompositeImplicitAutograd kernel and no rule
+  std::optional<size_t> memory_format;  // position of a memory_format argument
 };
 
 // NOTE: [Rule lookup cache]
@@ -45,7 +47,7 @@ const OpEntry& lookup(const c10::OperatorHandle& op) {
     const BatchRule* rule = findBatchRule(op);
     const bool decompose =
         rule == nullptr && op.hasKernelForDispatchKey(c10::DispatchKey::CompositeImplicitAutograd);
-    it = cache->emplace(key, OpEntry{rule, decompose}).first;
+    it = cache->emplace(key, OpEntry{rule, decompose, memoryFormatArgument(op.schema())}).first;
   }
   local.emplace(key, &it->second);  // unordered_map nodes never move
   return it->second;
@@ -68,13 +70,18 @@ const BatchRule* findBatchRule(const c10::OperatorHandle& op) {
 void processVmapLevel(const c10::OperatorHandle& op, torch::jit::Stack* stack,
                       const LayerPtr& layer) {
   const OpEntry& entry = lookup(op);
+  if (entry.decompose) {
+    decompose(op, stack);
+    return;
+  }
+  std::optional<c10::MemoryFormat> format;
+  if (entry.memory_format) format = takeSampleMemoryFormat(op, stack, *entry.memory_format);
   if (entry.rule != nullptr) {
     (*entry.rule)(op, stack, layer);
-  } else if (entry.decompose) {
-    decompose(op, stack);
   } else {
     vmapFallback(op, stack, layer);
   }
+  if (format) applySampleMemoryFormat(op, stack, *format, layer);
 }
 
 void decompose(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
