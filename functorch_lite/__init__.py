@@ -6,7 +6,8 @@ import torch  # noqa: F401  (loads libtorch before the extension)
 
 from functorch_lite import _C, _repr  # noqa: F401
 from functorch_lite._autodiff import grad, grad_and_value, vjp
-from functorch_lite._forward import jvp, linearize
+from functorch_lite._forward import jvp
+from functorch_lite._linearize import linearize
 from functorch_lite._jacobians import hessian, jacfwd, jacrev
 from functorch_lite._batch_norm import replace_all_batch_norm_modules_
 from functorch_lite._functional_call import functional_call

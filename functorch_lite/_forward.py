@@ -126,34 +126,3 @@ def jvp(func, primals, tangents, *, strict=False, has_aux=False):
     """Returns (func(*primals), J @ tangents[, aux]): forward-mode AD (the jvp of functorch)."""
     api = f"jvp({_name(func)}, primals, tangents)"
     return _jvp_with_argnums(func, primals, tangents, None, strict, has_aux, api, "jvp")
-
-
-# NOTE: [linearize re-runs jvp]
-# torch.func.linearize traces the jvp with make_fx and constant-folds the primal computation.
-# Tracing cannot see through functorch_lite's wrappers (the Python mode key sits between Autograd
-# and the unwrap kernel), so here jvp_fn runs jvp at the saved primals: `func` runs once for the
-# output and once per jvp_fn call. jvp_fn composes with every transform, vmap included.
-def linearize(func, *primals):
-    """Returns (func(*primals), jvp_fn) where jvp_fn(*tangents) is J @ tangents at primals."""
-    api = f"linearize({_name(func)}, *primals)"
-    output = func(*primals)
-    flat_primals, primals_spec = pytree.tree_flatten(primals)
-    _check_tensors(flat_primals, api, "primals")
-
-    def jvp_fn(*tangents):
-        flat_tangents, tangents_spec = pytree.tree_flatten(tangents)
-        if tangents_spec != primals_spec:
-            raise RuntimeError(
-                f"{api}: expected the tangents passed to jvp_fn to have the structure of the "
-                f"primals ({primals_spec}), got {tangents_spec}."
-            )
-        for i, (p, t) in enumerate(zip(flat_primals, flat_tangents)):
-            for what in ("shape", "device", "dtype"):
-                if getattr(p, what) != getattr(t, what):
-                    raise RuntimeError(
-                        f"{api}: tangent {i} has {what} {getattr(t, what)} but its primal has "
-                        f"{what} {getattr(p, what)}."
-                    )
-        return _jvp_with_argnums(func, primals, tangents, None, False, False, api, "linearize")[1]
-
-    return output, jvp_fn

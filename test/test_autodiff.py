@@ -9,7 +9,8 @@ import torch.autograd.functional as AF
 from torch.utils import _pytree as pytree
 
 import functorch_lite as ft
-from functorch_lite._forward import jvp, linearize
+from functorch_lite._forward import jvp
+from functorch_lite._linearize import linearize
 from functorch_lite._jacobians import hessian, jacfwd, jacrev
 
 # The transforms under test, side by side with torch.func's: a case is written once as
@@ -186,6 +187,59 @@ def test_linearize_jvp_fn_under_vmap():
     _, jvp_fn = linearize(lambda x: x.sin() * x.sum(), x)
     ours = ft.vmap(jvp_fn)(torch.eye(4, dtype=D))
     assert_close(ours, torch.func.jacfwd(lambda x: x.sin() * x.sum())(x).T)
+
+
+def linear_map_case():
+    W = randn(5, 5)
+
+    def f(x, y):
+        return torch.tanh(x @ W) * y.exp(), (x * y).sum()
+
+    return f, (randn(3, 5), randn(3, 5)), (randn(3, 5), randn(3, 5))
+
+
+def test_linearize_traces_on_the_second_call_and_matches_torch_func():
+    f, primals, tangents = linear_map_case()
+    out, jvp_fn = linearize(f, *primals)
+    out_ref, jvp_ref = torch.func.linearize(f, *primals)
+    assert_close(out, out_ref)
+    for calls in (1, 2, 3):  # jvp, then the traced graph
+        assert_close(jvp_fn(*tangents), jvp_ref(*tangents))
+        assert (jvp_fn.graph is not None) == (calls >= 2)
+    targets = [n.target for n in jvp_fn.graph.graph.nodes if n.op == "call_function"]
+    assert torch.ops.aten.tanh.default not in targets  # the primal computation was folded
+    basis = torch.eye(15, dtype=D).view(15, 3, 5)
+    assert_close(ft.vmap(jvp_fn)(basis, basis), torch.func.vmap(jvp_ref)(basis, basis))
+    t = tangents[0].clone().requires_grad_()
+    (g,) = torch.autograd.grad(jvp_fn(t, tangents[1])[0].sum(), t)
+    (g_ref,) = torch.autograd.grad(jvp_ref(t, tangents[1])[0].sum(), t)
+    assert_close(g, g_ref)
+
+
+def test_linearize_keeps_running_jvp_when_primals_require_grad():
+    f, primals, tangents = linear_map_case()
+    x = primals[0].clone().requires_grad_()
+    _, jvp_fn = linearize(f, x, primals[1])
+    for _ in range(3):
+        out = jvp_fn(*tangents)
+    assert jvp_fn.graph is None
+    (g,) = torch.autograd.grad(out[0].sum(), x)  # the tangent output depends on the primal
+    x_ref = primals[0].clone().requires_grad_()
+    (g_ref,) = torch.autograd.grad(torch.func.jvp(f, (x_ref, primals[1]), tangents)[1][0].sum(), x_ref)
+    assert_close(g, g_ref)
+
+
+def test_linearize_falls_back_to_jvp_when_tracing_fails(monkeypatch):
+    def broken_make_fx(*args, **kwargs):
+        raise RuntimeError("cannot trace")
+
+    monkeypatch.setattr("functorch_lite._linearize.make_fx", broken_make_fx)
+    f, primals, tangents = linear_map_case()
+    _, jvp_fn = linearize(f, *primals)
+    _, jvp_ref = torch.func.linearize(f, *primals)
+    for _ in range(3):
+        assert_close(jvp_fn(*tangents), jvp_ref(*tangents))
+    assert jvp_fn.graph is None
 
 
 # ----------------------------------------------------------------------------------------------
