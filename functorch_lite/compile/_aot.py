@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+import threading
 from typing import Any, Callable, Optional, Sequence
 
 import torch
@@ -36,6 +37,10 @@ from functorch_lite.compile._trace import (
 #    Otherwise: trace the forward only and compile it with inference_compiler.
 # 4. Cache the entry.
 # 5. Run it (NOTE: [The compiled autograd.Function]).
+
+
+# One compilation at a time in the process; reentrant, for aot_function called while tracing.
+_compiling = threading.RLock()
 
 
 @dataclasses.dataclass
@@ -80,10 +85,13 @@ class _AOTFunction:
         )
         entry = self.cache.lookup(key, tensors)
         if entry is None:
-            if in_spec is None:
-                leaves, in_spec = pytree.tree_flatten((tuple(leaves), {}))
-            entry, guard = _compile(self.fn, config, leaves, in_spec)
-            self.cache.add(key, entry, guard)
+            with _compiling:  # tracing uses process-global state (make_fx, fx patching)
+                entry = self.cache.lookup(key, tensors)  # another thread may have compiled it
+                if entry is None:
+                    if in_spec is None:
+                        leaves, in_spec = pytree.tree_flatten((tuple(leaves), {}))
+                    entry, guard = _compile(self.fn, config, leaves, in_spec)
+                    self.cache.add(key, entry, guard)
         return entry
 
 
