@@ -327,3 +327,53 @@ def test_channels_last_3d_per_sample():
 def test_channels_last_needs_rank_4_samples():
     with pytest.raises(RuntimeError, match=r"^vmap: required rank 4 tensor to use channels_last format"):
         ft.vmap(lambda t: t.clone(memory_format=torch.channels_last))(torch.randn(B, 4, 5, 6))
+
+
+# ---- max pooling over tiling windows (NOTE: [Tiled max pooling under vmap]) ----------------
+
+def ops_run(fn, *args):
+    with torch.profiler.profile() as prof:
+        out = fn(*args)
+    return out, {e.key for e in prof.key_averages()}
+
+
+def relu_pool(t):
+    return F.max_pool2d_with_indices(t.relu(), 2)
+
+
+def test_tiled_max_pool_under_vmap_equals_the_loop():
+    x = torch.randn(B, 2, 3, 9, 8)
+    x.view(-1)[::13] = float("nan")
+    out, ops = ops_run(ft.vmap(relu_pool), x)
+    assert "functorch_lite::max_pool2d_tiled" in ops
+    expected = loop(relu_pool, x)
+    torch.testing.assert_close(out[0], expected[0], equal_nan=True)
+    assert torch.equal(out[1], expected[1])
+
+
+@pytest.mark.parametrize("order", ["vmap(grad)", "grad(vmap)", "autograd"])
+def test_max_pool_gradients_in_every_order(order):
+    x = torch.randn(B, 2, 6, 6)
+
+    def loss(t):
+        return F.max_pool2d(t.relu(), 2).pow(2).sum()
+
+    if order == "vmap(grad)":
+        got, want = ft.vmap(ft.grad(loss))(x), torch.func.vmap(torch.func.grad(loss))(x)
+    elif order == "grad(vmap)":
+        got = ft.grad(lambda t: ft.vmap(loss)(t).sum())(x)
+        want = torch.func.grad(lambda t: torch.func.vmap(loss)(t).sum())(x)
+    else:  # plain autograd through a vmap: the tiled kernel, having no derivative, is not used
+        xr = x.clone().requires_grad_()
+        ft.vmap(loss)(xr).sum().backward()
+        got, want = xr.grad, torch.func.grad(lambda t: torch.func.vmap(loss)(t).sum())(x)
+    torch.testing.assert_close(got, want)
+
+
+def test_traced_vmap_keeps_the_aten_max_pool():
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    gm = make_fx(ft.vmap(relu_pool))(torch.randn(B, 2, 6, 6))
+    targets = {n.target for n in gm.graph.nodes}
+    assert torch.ops.aten.max_pool2d_with_indices.default in targets
+    assert torch.ops.functorch_lite.max_pool2d_tiled.default not in targets

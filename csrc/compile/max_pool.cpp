@@ -1,5 +1,7 @@
 // functorch_lite::max_pool2d_tiled: max pooling over windows that tile the input, without
 // branches on the data (see NOTE: [Non-overlapping max pooling without branches]).
+#include "compile/max_pool.h"
+
 #include <ATen/core/Tensor.h>
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
@@ -100,6 +102,30 @@ std::tuple<at::Tensor, at::Tensor> maxPool2dTiledMeta(const at::Tensor& self, in
 }
 
 }  // namespace
+
+std::optional<std::pair<int64_t, int64_t>> tilingWindow(const at::Tensor& self,
+                                                        at::IntArrayRef kernel_size,
+                                                        at::IntArrayRef stride,
+                                                        at::IntArrayRef padding,
+                                                        at::IntArrayRef dilation, bool ceil_mode) {
+  auto pair = [](at::IntArrayRef v, int64_t fill) -> std::pair<int64_t, int64_t> {
+    if (v.empty()) return {fill, fill};
+    return {v[0], v.size() == 1 ? v[0] : v[1]};
+  };
+  if (kernel_size.empty() || kernel_size.size() > 2) return std::nullopt;
+  const auto kernel = pair(kernel_size, 0);
+  const auto strides = stride.empty() ? kernel : pair(stride, 0);
+  using Pair = std::pair<int64_t, int64_t>;
+  const bool tiles = strides == kernel && pair(padding, 0) == Pair{0, 0} &&
+                     pair(dilation, 1) == Pair{1, 1} && !ceil_mode;
+  const bool supported = self.device().is_cpu() && (self.dim() == 3 || self.dim() == 4) &&
+                         (self.scalar_type() == at::kFloat || self.scalar_type() == at::kDouble);
+  if (!tiles || !supported || kernel.first < 1 || kernel.second < 1 ||
+      self.size(-2) < kernel.first || self.size(-1) < kernel.second) {
+    return std::nullopt;
+  }
+  return kernel;
+}
 
 TORCH_LIBRARY(functorch_lite, m) {
   m.def("max_pool2d_tiled(Tensor self, int kh, int kw) -> (Tensor, Tensor)");
