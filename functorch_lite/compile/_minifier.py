@@ -45,7 +45,7 @@ def _values(gm: fx.GraphModule, inps: Sequence[Any]) -> dict:
 def _rebuild(
     gm: fx.GraphModule, inps: Sequence[Any], cut: Sequence[fx.Node], outputs: Optional[list]
 ) -> tuple[fx.GraphModule, list]:
-    """A graph in which the nodes in `cut` become inputs (their values from `values`) and,
+    """A graph in which the nodes in `cut` become inputs holding their values on `inps` and,
     if `outputs` is given, which returns those nodes instead; unused inputs are dropped."""
     values = _values(gm, inps) if cut else {}
     graph = fx.Graph()
