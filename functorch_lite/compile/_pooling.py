@@ -12,7 +12,8 @@ aten = torch.ops.aten
 # inductor_compile replaces max_pool2d_with_indices by functorch_lite::max_pool2d_tiled when
 # the windows tile a float CPU input; inductor calls that kernel as an extern kernel. The
 # backward (max_pool2d_with_indices_backward, which only reads the indices) keeps inductor's
-# lowering, and so does every other configuration.
+# lowering, and so does every other configuration. _tiling_window is the test tilingWindow
+# (csrc/compile/max_pool.h) makes for the vmap rule, made here on the fake tensors of a trace.
 
 
 def _pair(value: Union[int, Sequence[int]], default: tuple) -> tuple:
