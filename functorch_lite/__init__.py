@@ -20,6 +20,7 @@ from functorch_lite._module_state import (
     make_functional_with_buffers,
     stack_module_state,
 )
+from functorch_lite._rearrange import rearrange
 from functorch_lite._repr import debug_unwrap
 from functorch_lite._vmap import vmap
 
@@ -45,6 +46,7 @@ __all__ = [
     "make_functional",
     "make_functional_with_buffers",
     "make_fx",
+    "rearrange",
     "replace_all_batch_norm_modules_",
     "stack_module_state",
     "vjp",

@@ -30,10 +30,7 @@ NAMESPACES = [
 
 # Keyed by the functorch_lite name that should exist ("functorch_lite.vmap" stands for
 # functorch.vmap and torch.func.vmap alike). Remove an entry when the name lands.
-KNOWN_MISSING = {
-    # Transforms: functorch_lite (core).
-    "functorch_lite.rearrange",
-}
+KNOWN_MISSING: set = set()
 
 MISSING_REASON = "not implemented yet: see docs/limitations.md"
 
