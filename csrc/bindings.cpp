@@ -1,10 +1,12 @@
 // Python bindings for functorch_lite._C (pybind only; the logic lives in core/ and batching/).
+#include <torch/csrc/jit/python/pybind_utils.h>
 #include <torch/extension.h>
 
 #include <memory>
 
 #include "batching/fallback.h"
 #include "batching/random.h"
+#include "batching/vmap.h"
 #include "compile/pool.h"
 #include "core/keys.h"
 #include "core/layer.h"
@@ -106,6 +108,42 @@ class PyPool {
   std::unique_ptr<PoolGuard> guard_;
 };
 
+// The Python handler of NOTE: [Vmap rules registered from Python]: handler(name, level,
+// num_returns, args, kwargs) returns None (no rule) or the list of the operator's outputs.
+py::object& pythonRuleHandler() {
+  static auto* handler = new py::object();  // never destroyed: no Python calls during exit
+  return *handler;
+}
+
+bool runPythonRule(const c10::OperatorHandle& op, torch::jit::Stack* stack,
+                   const LayerPtr& layer) {
+  py::gil_scoped_acquire gil;
+  const py::object& handler = pythonRuleHandler();
+  if (!handler) return false;
+  const auto& schema = op.schema();
+  const size_t num_args = schema.arguments().size();
+  const size_t begin = stack->size() - num_args;
+  py::list args;
+  py::dict kwargs;
+  for (size_t i = 0; i < num_args; ++i) {
+    py::object value = torch::jit::toPyObject((*stack)[begin + i]);
+    if (schema.arguments()[i].kwarg_only()) {
+      kwargs[py::str(schema.arguments()[i].name())] = value;
+    } else {
+      args.append(value);
+    }
+  }
+  const auto& returns = schema.returns();
+  py::object result = handler(schema.name(), layer->level, returns.size(), py::tuple(args), kwargs);
+  if (result.is_none()) return false;
+  py::list outputs(result);
+  torch::jit::drop(*stack, num_args);
+  for (size_t i = 0; i < returns.size(); ++i) {
+    stack->push_back(torch::jit::toIValue(outputs[i], returns[i].type()));
+  }
+  return true;
+}
+
 py::dict poolStatsDict() {
   PoolStats s = poolStats();
   py::dict d;
@@ -183,6 +221,10 @@ PYBIND11_MODULE(_C, m) {
       .def("__enter__", &PyPool::enter)
       .def("__exit__", &PyPool::exit);
   m.def("_memory_pool_stats", &poolStatsDict);
+  m.def("_set_python_vmap_rule_handler", [](py::object handler) {
+    pythonRuleHandler() = std::move(handler);
+    setPythonRuleHook(&runPythonRule);
+  });
   m.def("_set_memory_pool_limit", &setPoolLimit);
   m.def("_set_memory_pool_enabled", &setPoolEnabled);
   m.def("_is_memory_pool_enabled", &isPoolEnabled);

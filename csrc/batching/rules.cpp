@@ -3,6 +3,7 @@
 
 #include <ATen/ops/arange.h>
 
+#include <atomic>
 #include <mutex>
 #include <string>
 #include <unordered_map>
@@ -67,6 +68,10 @@ const BatchRule* findBatchRule(const c10::OperatorHandle& op) {
   return it == rulesByName().end() ? nullptr : &it->second;
 }
 
+namespace {
+std::atomic<PythonRuleHook> python_rule_hook{nullptr};  // NOTE: [Vmap rules registered from Python]
+}  // namespace
+
 void processVmapLevel(const c10::OperatorHandle& op, torch::jit::Stack* stack,
                       const LayerPtr& layer) {
   const OpEntry& entry = lookup(op);
@@ -79,10 +84,13 @@ void processVmapLevel(const c10::OperatorHandle& op, torch::jit::Stack* stack,
   if (entry.rule != nullptr) {
     (*entry.rule)(op, stack, layer);
   } else {
-    vmapFallback(op, stack, layer);
+    const PythonRuleHook hook = python_rule_hook.load();
+    if (hook == nullptr || !hook(op, stack, layer)) vmapFallback(op, stack, layer);
   }
   if (format) applySampleMemoryFormat(op, stack, *format, layer);
 }
+
+void setPythonRuleHook(PythonRuleHook hook) { python_rule_hook = hook; }
 
 void decompose(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
   // The PrivateUse3 slot of an operator without our unwrap kernel holds its
