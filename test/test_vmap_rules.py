@@ -377,3 +377,21 @@ def test_traced_vmap_keeps_the_aten_max_pool():
     targets = {n.target for n in gm.graph.nodes}
     assert torch.ops.aten.max_pool2d_with_indices.default in targets
     assert torch.ops.functorch_lite.max_pool2d_tiled.default not in targets
+
+
+# ---- linspace / logspace with batched ends (NOTE: [Ranges with batched ends]) ---------------
+
+RANGE_CASES = {
+    "linspace": lambda a, b, steps: torch.linspace(a, b, steps),
+    "linspace_scalar_end": lambda a, b, steps: torch.linspace(a, 2.5, steps),
+    "linspace_scalar_start": lambda a, b, steps: torch.linspace(-1.5, b, steps, dtype=torch.float64),
+    "logspace": lambda a, b, steps: torch.logspace(a, b, steps, base=2.0),
+}
+
+
+@pytest.mark.parametrize("steps", [0, 1, 2, 7, 8])
+@pytest.mark.parametrize("name", RANGE_CASES)
+def test_ranges_with_batched_ends(name, steps):
+    fn = RANGE_CASES[name]
+    start, end = torch.randn(B), torch.randn(B) + 3
+    check(lambda a, b: fn(a, b, steps), start, end)
