@@ -395,3 +395,23 @@ def test_ranges_with_batched_ends(name, steps):
     fn = RANGE_CASES[name]
     start, end = torch.randn(B), torch.randn(B) + 3
     check(lambda a, b: fn(a, b, steps), start, end)
+
+
+# ---- masked_select with an unbatched mask: one output shape for every sample ----------------
+
+@pytest.mark.parametrize("mask_shape", [(4, 5), (5,)])
+@pytest.mark.parametrize("in_dim", [0, 2])
+def test_masked_select_with_unbatched_mask(mask_shape, in_dim):
+    torch.manual_seed(0)
+    x = torch.randn(B, 4, 5).movedim(0, in_dim)
+    mask = torch.rand(mask_shape) > 0.4
+    check(lambda a, m: a.masked_select(m), x, mask, in_dims=(in_dim, None))
+
+
+def test_masked_select_broadcasts_a_smaller_sample_against_the_mask():
+    check(lambda a, m: a.masked_select(m), torch.randn(B, 5), torch.rand(4, 5) > 0.4,
+          in_dims=(0, None))
+
+
+def test_combinations():
+    check(torch.combinations, torch.randn(B, 5))

@@ -1,9 +1,11 @@
 // Advanced indexing: index and index_put (with the masked forms interpolation decomposes into),
-// and masked_fill with a tensor value.
+// masked_fill with a tensor value, and masked_select with an unbatched mask.
 #include <ATen/ExpandUtils.h>
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/index.h>
 #include <ATen/ops/index_put.h>
+#include <ATen/ops/nonzero.h>
+#include <ATen/ops/index_select.h>
 #include <ATen/ops/where.h>
 
 #include <vector>
@@ -270,6 +272,34 @@ void maskedFillRule(const c10::OperatorHandle& op, torch::jit::Stack* stack,
   torch::jit::push(*stack, makeBatched(out, 0, layer));
 }
 
+// masked_select(self, mask) with a mask that is not batched selects the same positions in
+// every sample, so the output has one shape: the physical self, broadcast against the mask
+// behind its batch dim, keeps the mask's positions along one flattened dim. A batched mask
+// selects a different number of elements per sample and stays with the fallback, which
+// reports it when the counts differ.
+void maskedSelectRule(const c10::OperatorHandle& op, torch::jit::Stack* stack,
+                      const LayerPtr& layer) {
+  const size_t begin = stack->size() - 2;
+  Unwrapped self = unwrapAt((*stack)[begin].toTensor(), layer);
+  Unwrapped mask = unwrapAt((*stack)[begin + 1].toTensor(), layer);
+  if (mask.batched()) {
+    vmapFallback(op, stack, layer);
+    return;
+  }
+  const auto shape = at::infer_size(logicalSizes(self), mask.value.sizes());
+  std::vector<int64_t> batched_shape{layer->batch_size};
+  batched_shape.insert(batched_shape.end(), shape.begin(), shape.end());
+  const at::Tensor values =
+      padLogicalRank(batchFrontExpanded(self, layer->batch_size), self.logicalRank(),
+                     static_cast<int64_t>(shape.size()))
+          .expand(batched_shape);
+  const at::Tensor positions = mask.value.expand(shape).reshape(-1).nonzero().squeeze(1);
+  torch::jit::drop(*stack, 2);
+  torch::jit::push(*stack,
+                   makeBatched(values.reshape({layer->batch_size, -1}).index_select(1, positions),
+                               0, layer));
+}
+
 const RuleTable kIndex({
     {"aten::index.Tensor", indexRule},
     {"aten::index_put", indexPutRule},
@@ -277,6 +307,7 @@ const RuleTable kIndex({
     {"aten::_index_put_impl_", indexPutRule},
     {"aten::_unsafe_masked_index", maskedIndexRule},
     {"aten::_unsafe_masked_index_put_accumulate", maskedIndexPutRule},
+    {"aten::masked_select", maskedSelectRule},
 });
 
 const RuleTable kMaskedFill({
