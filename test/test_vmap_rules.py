@@ -415,3 +415,37 @@ def test_masked_select_broadcasts_a_smaller_sample_against_the_mask():
 
 def test_combinations():
     check(torch.combinations, torch.randn(B, 5))
+
+
+# ---- isin with per-sample sets (NOTE: [Batching isin]) --------------------------------------
+
+def isin_inputs():
+    torch.manual_seed(0)
+    elements = torch.randint(0, 6, (B, 4, 5)).float()
+    test = torch.randint(0, 6, (B, 7)).float()
+    elements[0, 0, 0] = test[0, 0] = float("nan")  # NaN is in no set
+    return elements, test
+
+
+ISIN_CASES = {  # name: (fn, in_dims); an unbatched argument is sample 0
+    "both_batched": (torch.isin, (0, 0)),
+    "invert": (lambda e, t: torch.isin(e, t, invert=True), (0, 0)),
+    "set_batched": (torch.isin, (None, 0)),
+    "elements_batched": (torch.isin, (0, None)),
+    "int_elements": (lambda e, t: torch.isin(e.long(), t), (0, 0)),
+    "scalar_element": (lambda e, t: torch.isin(2.0, t), (None, 0)),
+    "scalar_test": (lambda e, t: torch.isin(e, 3), (0, None)),
+    "empty_set": (lambda e, t: torch.isin(e, t[:0]), (0, 0)),
+}
+
+
+@pytest.mark.parametrize("name", ISIN_CASES)
+def test_isin(name):
+    fn, in_dims = ISIN_CASES[name]
+    args = [a if d is not None else a[0] for a, d in zip(isin_inputs(), in_dims)]
+    check(fn, *args, in_dims=in_dims)
+
+
+def test_isin_with_batch_dims_elsewhere():
+    elements, test = isin_inputs()
+    check(torch.isin, elements.movedim(0, 2), test.t(), in_dims=(2, 1))
