@@ -449,3 +449,49 @@ def test_isin(name):
 def test_isin_with_batch_dims_elsewhere():
     elements, test = isin_inputs()
     check(torch.isin, elements.movedim(0, 2), test.t(), in_dims=(2, 1))
+
+
+# ---- masked_scatter: each sample fills its own mask from its own source ----------------------
+
+def masked_scatter_inputs():
+    torch.manual_seed(0)
+    return torch.randn(B, 4, 5), torch.rand(B, 4, 5) > 0.5, torch.randn(B, 25)
+
+
+@pytest.mark.parametrize("in_dims", [(0, 0, 0), (0, None, 0), (None, 0, None), (1, 0, 1)])
+def test_masked_scatter(in_dims):
+    x, mask, source = masked_scatter_inputs()
+    args = [a if d is not None else a[0] for a, d in zip((x, mask, source), in_dims)]
+    args = [a.movedim(0, d) if d else a for a, d in zip(args, in_dims)]
+    check(lambda a, m, s: a.masked_scatter(m, s), *args, in_dims=in_dims)
+
+
+def test_masked_scatter_broadcasts_the_mask():
+    x, mask, source = masked_scatter_inputs()
+    check(lambda a, m, s: a.masked_scatter(m, s), x, mask[:, 0], source)
+
+
+def test_masked_scatter_with_too_short_a_source_errors():
+    x, mask, source = masked_scatter_inputs()
+    with pytest.raises(RuntimeError, match=r"^vmap: masked_scatter: expected source to have at "
+                       r"least as many elements as ones in mask, in every sample"):
+        ft.vmap(lambda a, m, s: a.masked_scatter(m, s))(x, mask, source[:, :3])
+
+
+def test_masked_scatter_under_two_vmaps():
+    x, mask, source = masked_scatter_inputs()
+    f = lambda a, m, s: a.masked_scatter(m, s)  # noqa: E731
+    got = ft.vmap(ft.vmap(f))(x.view(B, 2, 2, 5), mask.view(B, 2, 2, 5), source.expand(2, -1, -1).transpose(0, 1))
+    want = loop(lambda a, m, s: loop(f, a, m, s), x.view(B, 2, 2, 5), mask.view(B, 2, 2, 5),
+                source.expand(2, -1, -1).transpose(0, 1))
+    torch.testing.assert_close(got, want)
+
+
+def test_assert_async_checks_every_sample():
+    def positive(c):
+        torch._assert_async(c > 0, "vmap test: not positive")
+        return c
+
+    ft.vmap(positive)(torch.tensor([1.0, 2.0]))
+    with pytest.raises(RuntimeError, match="vmap test: not positive"):
+        ft.vmap(positive)(torch.tensor([1.0, -2.0]))

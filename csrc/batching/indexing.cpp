@@ -1,10 +1,12 @@
 // Advanced indexing: index and index_put (with the masked forms interpolation decomposes into),
-// masked_fill with a tensor value, and masked_select with an unbatched mask.
+// masked_fill with a tensor value, masked_select with an unbatched mask, and masked_scatter.
 #include <ATen/ExpandUtils.h>
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/index.h>
 #include <ATen/ops/index_put.h>
 #include <ATen/ops/nonzero.h>
+#include <ATen/ops/_assert_async.h>
+#include <ATen/ops/gather.h>
 #include <ATen/ops/index_select.h>
 #include <ATen/ops/where.h>
 
@@ -300,6 +302,43 @@ void maskedSelectRule(const c10::OperatorHandle& op, torch::jit::Stack* stack,
                                0, layer));
 }
 
+// masked_scatter(self, mask, source): each sample writes the first elements of its own source
+// into the positions of its mask, in order. The element for position p is source[k], k being
+// the number of mask positions before p, so one cumsum over the flattened [B, N] mask gives
+// every sample's gather index at once.
+void maskedScatterRule(const c10::OperatorHandle& op, torch::jit::Stack* stack,
+                       const LayerPtr& layer) {
+  const size_t begin = stack->size() - 3;
+  const int64_t batch = layer->batch_size;
+  Unwrapped self = unwrapAt((*stack)[begin].toTensor(), layer);
+  Unwrapped mask = unwrapAt((*stack)[begin + 1].toTensor(), layer);
+  Unwrapped source = unwrapAt((*stack)[begin + 2].toTensor(), layer);
+  const auto shape = at::infer_size(logicalSizes(self), logicalSizes(mask));
+  const int64_t rank = static_cast<int64_t>(shape.size());
+  std::vector<int64_t> batched_shape{batch};
+  batched_shape.insert(batched_shape.end(), shape.begin(), shape.end());
+  auto flat = [&](const Unwrapped& u) {
+    return padLogicalRank(batchFrontExpanded(u, batch), u.logicalRank(), rank)
+        .expand(batched_shape)
+        .reshape({batch, -1});
+  };
+  const at::Tensor values = flat(self);
+  const at::Tensor chosen = flat(mask);
+  const at::Tensor sources = batchFrontExpanded(source, batch).reshape({batch, -1});
+  const at::Tensor count = chosen.sum(1);
+  // An assert op, not .item(): make_fx traces it into the graph, and fake tensors skip it.
+  at::_assert_async(count.le(sources.size(1)).all(),
+                    layer->api + ": masked_scatter: expected source to have at least as many "
+                                 "elements as ones in mask, in every sample");
+  at::Tensor out = values;
+  if (sources.size(1) > 0) {
+    const at::Tensor index = (chosen.cumsum(1) - 1).clamp(0, sources.size(1) - 1);
+    out = at::where(chosen, sources.gather(1, index), values);
+  }
+  torch::jit::drop(*stack, 3);
+  torch::jit::push(*stack, makeBatched(out.reshape(batched_shape), 0, layer));
+}
+
 const RuleTable kIndex({
     {"aten::index.Tensor", indexRule},
     {"aten::index_put", indexPutRule},
@@ -308,6 +347,7 @@ const RuleTable kIndex({
     {"aten::_unsafe_masked_index", maskedIndexRule},
     {"aten::_unsafe_masked_index_put_accumulate", maskedIndexPutRule},
     {"aten::masked_select", maskedSelectRule},
+    {"aten::masked_scatter", maskedScatterRule},
 });
 
 const RuleTable kMaskedFill({

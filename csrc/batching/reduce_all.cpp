@@ -1,5 +1,5 @@
 // Reductions over every dim of a sample (sum(x), mean(x), max(x), ...): the sample is flattened
-// and the operator's dim overload reduces it.
+// and the operator's dim overload reduces it. Also asserts over every sample.
 #include <ATen/ops/all.h>
 #include <ATen/ops/amax.h>
 #include <ATen/ops/amin.h>
@@ -59,6 +59,19 @@ at::Tensor norm(const at::Tensor& flat, const Args& args) {
   if (args.size() > 2) return at::norm(flat, p, {1}, false, args[2].toScalarType());
   return at::norm(flat, p, {1}, false);
 }
+
+// _assert_async(condition[, message]) on a batched condition asserts it for every sample: the
+// operator runs once on all of them.
+void assertRule(const c10::OperatorHandle& op, torch::jit::Stack* stack, const LayerPtr& layer) {
+  c10::IValue& condition = (*stack)[stack->size() - op.schema().arguments().size()];
+  condition = unwrapAt(condition.toTensor(), layer).value.all();
+  op.callBoxed(stack);
+}
+
+const RuleTable kAsserts({
+    {"aten::_assert_async", assertRule},
+    {"aten::_assert_async.msg", assertRule},
+});
 
 const RuleTable kReduceAll({
     {"aten::sum", reduceAllRule<sum>},
