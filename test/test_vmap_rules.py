@@ -1,5 +1,7 @@
 """Batching rules in the cases OpInfos do not reach: batched weights (model ensembling), running
 statistics, per-sample gradients of a small network, in-place indexing, error messages."""
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -495,3 +497,29 @@ def test_assert_async_checks_every_sample():
     ft.vmap(positive)(torch.tensor([1.0, 2.0]))
     with pytest.raises(RuntimeError, match="vmap test: not positive"):
         ft.vmap(positive)(torch.tensor([1.0, -2.0]))
+
+
+# ---- index_reduce with a batched index: a scatter_reduce per sample -------------------------
+
+@pytest.mark.parametrize("reduce", ["prod", "mean", "amax", "amin"])
+@pytest.mark.parametrize("include_self", [True, False])
+@pytest.mark.parametrize("in_dims", [(0, 0, 0), (None, 0, None), (0, 0, None)])
+def test_index_reduce_with_batched_index(reduce, include_self, in_dims):
+    torch.manual_seed(0)
+    inputs = (torch.randn(B, 5, 4), torch.randint(0, 5, (B, 6)), torch.randn(B, 6, 4))
+    args = [a if d is not None else a[0] for a, d in zip(inputs, in_dims)]
+
+    def out_of_place(a, i, s):
+        return a.index_reduce(1, i, s.t(), reduce, include_self=include_self)
+
+    def in_place(a, i, s):
+        a = a.clone()
+        a.index_reduce_(0, i, s, reduce, include_self=include_self)
+        return a
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="index_reduce")  # "in beta"
+        if in_dims[0] is not None:  # writing into an unbatched self is an error, as it should be
+            check(in_place, *args, in_dims=in_dims)
+        args[0] = args[0].transpose(-1, -2)
+        check(out_of_place, *args, in_dims=in_dims)

@@ -29,8 +29,10 @@ using Args = std::vector<c10::IValue>;
 // index_add / index_copy / index_fill take a 1-d index per sample. With an unbatched index the
 // dim just shifts past the batch dim. With a batched one, the update is an index_put along that
 // dim: the dim moves next to the batch dim, and [arange(B)[:, None], index] addresses each
-// sample's own rows.
-enum class AlongDim { Add, Copy, Fill, Reduce };  // Reduce: index_reduce, unbatched index only
+// sample's own rows. index_reduce with a batched index is a scatter_reduce along that dim, its
+// index expanded over the source (index_reduce's reductions and include_self are
+// scatter_reduce's).
+enum class AlongDim { Add, Copy, Fill, Reduce };  // Reduce: index_reduce
 
 template <AlongDim kind>
 void alongDimRule(const c10::OperatorHandle& op, torch::jit::Stack* stack,
@@ -41,7 +43,6 @@ void alongDimRule(const c10::OperatorHandle& op, torch::jit::Stack* stack,
   const int64_t B = layer->batch_size;
   Unwrapped self = unwrapAt(arguments[0].toTensor(), layer);
   Unwrapped index = unwrapAt(arguments[2].toTensor(), layer);
-  if (kind == AlongDim::Reduce && index.batched()) return vmapFallback(op, stack, layer);
   const bool inplace = writesArgument(op, 0);
   bool others_batched = index.batched();
   std::optional<Unwrapped> source;  // source (add, copy) or the value tensor (fill)
@@ -96,6 +97,23 @@ void alongDimRule(const c10::OperatorHandle& op, torch::jit::Stack* stack,
       const c10::Scalar alpha = arguments[4].toScalar();
       if (alpha.toComplexDouble() != 1.0) values = values * alpha;
     }
+  }
+  if (kind == AlongDim::Reduce) {
+    std::vector<int64_t> view(values.dim(), 1);
+    view[0] = B;
+    view[1] = idx.size(1);
+    const at::Tensor spread = idx.view(view).expand_as(values);
+    const auto reduce = arguments[4].toStringRef();
+    const bool include_self = arguments[5].toBool();
+    if (inplace) {
+      moved.scatter_reduce_(1, spread, values, reduce, include_self);
+      torch::jit::push(*stack, arguments[0]);
+      return;
+    }
+    at::Tensor out = moved.scatter_reduce(1, spread, values, reduce, include_self).movedim(1, dim);
+    if (scalar) out = out.squeeze(1);
+    torch::jit::push(*stack, makeBatched(out, 0, layer));
+    return;
   }
   c10::List<std::optional<at::Tensor>> indices;
   indices.push_back(sampleIndex(*layer, 1, idx));
