@@ -10,7 +10,7 @@ from functorch_lite._custom_function import VmapInfo, _add_dim, _unwrap_batched,
 
 # NOTE: [Vmap rules registered from Python] (csrc/batching/vmap.h) says when the router asks.
 # The rule of a torch.library.custom_op operator lives on its definition (its `_vmap_fn`). It
-# gets what torch.func gives it: VmapInfo(batch_size, randomness), the batch dim of each
+# gets what register_vmap documents: VmapInfo(batch_size, randomness), the batch dim of each
 # positional argument (None when unbatched) and the physical arguments; it returns
 # (outputs, out_dims), and each output gets its batch dim back at this level.
 

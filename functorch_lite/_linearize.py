@@ -14,7 +14,7 @@ from functorch_lite._forward import _check_tensors, _jvp_with_argnums
 # recomputes func's forward. From the second call on, when that is possible, it runs a graph
 # traced once with make_fx from that jvp, in which everything depending on the primals alone
 # has been folded into constants (torch.fx's const_fold): only the linear map in the tangents
-# is left, as in torch.func.linearize, without making one-off callers pay for the trace.
+# is left, without making one-off callers pay for the trace.
 # Tracing happens only where no transform is live (a live grad level would wrap the factory
 # functions the trace calls), and only when no primal is a wrapper or requires grad (a folded
 # constant would cut the graph back to the primals); otherwise, or when tracing fails, calls

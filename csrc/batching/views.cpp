@@ -158,8 +158,7 @@ void blockDiagRule(const c10::OperatorHandle& op, torch::jit::Stack* stack,
 // value.storage_offset()), and as_strided's storage_offset is read relative to each sample's
 // own: sample b's view starts batch_stride * b further than sample 0's. A loop computing the
 // offset of x[b].as_strided(...) from x[b].storage_offset(), as ATen's backward formulas do,
-// gives the same views; so does torch.func. Without an offset the view starts where each
-// sample does.
+// gives the same views. Without an offset the view starts where each sample does.
 at::Tensor asStrided(const at::Tensor& front, int64_t, const Args& args, const Layer& layer) {
   std::vector<c10::SymInt> strides{front.sym_stride(0)};
   for (const auto& s : args[2].toSymIntVector()) strides.push_back(s);
