@@ -397,6 +397,9 @@ def test_ranges_with_batched_ends(name, steps):
     fn = RANGE_CASES[name]
     start, end = torch.randn(B), torch.randn(B) + 3
     check(lambda a, b: fn(a, b, steps), start, end)
+    end[0] = float("inf")  # one step is the start, whatever the end
+    if steps == 1:
+        check(lambda a, b: fn(a, b, steps), start, end)
 
 
 # ---- masked_select with an unbatched mask: one output shape for every sample ----------------

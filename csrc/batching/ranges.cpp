@@ -25,7 +25,7 @@ namespace {
 // and logspace is base ** x. Integer result dtypes keep the fallback (ATen steps them in
 // double and truncates).
 at::Tensor rangeEnd(const c10::IValue& end, const LayerPtr& layer, const at::TensorOptions& options) {
-  if (!end.isTensor()) return at::scalar_tensor(end.toScalar(), options).unsqueeze(0);
+  if (!end.isTensor()) return at::scalar_tensor(end.toScalar(), options).reshape({1, 1});
   Unwrapped u = unwrapAt(end.toTensor(), layer);
   return batchFront(u).to(options.dtype()).reshape({-1, 1});  // [B or 1, 1]
 }
@@ -59,7 +59,7 @@ BatchRule rangeRule(bool log) {
     torch::jit::drop(*stack, schema.arguments().size());
     at::Tensor out;
     if (steps <= 1) {
-      out = (start + end * 0).expand({-1, steps});  // steps == 1 gives start
+      out = start.expand({-1, steps});  // steps == 1 gives start
     } else {
       const at::Tensor i = at::arange(steps, options).unsqueeze(0);
       const at::Tensor step = (end - start) / static_cast<double>(steps - 1);
