@@ -43,11 +43,15 @@ def _values(gm: fx.GraphModule, inps: Sequence[Any]) -> dict:
 
 
 def _rebuild(
-    gm: fx.GraphModule, inps: Sequence[Any], cut: Sequence[fx.Node], outputs: Optional[list]
+    gm: fx.GraphModule,
+    inps: Sequence[Any],
+    cut: Sequence[fx.Node],
+    outputs: Optional[list],
+    values: dict,
 ) -> tuple[fx.GraphModule, list]:
-    """A graph in which the nodes in `cut` become inputs holding their values on `inps` and,
-    if `outputs` is given, which returns those nodes instead; unused inputs are dropped."""
-    values = _values(gm, inps) if cut else {}
+    """A graph in which the nodes in `cut` become inputs holding their `values` (from
+    _values(gm, inps)) and, if `outputs` is given, which returns those nodes instead; unused
+    inputs are dropped."""
     graph = fx.Graph()
     env: dict = {}
     new_inputs: list = []
@@ -102,12 +106,9 @@ def minifier(
             "no failure to keep while shrinking it. Please check module_fails."
         )
 
-    def attempt(cut: Sequence[fx.Node], outputs: Optional[list]) -> bool:
+    def attempt(cut: Sequence[fx.Node], outputs: Optional[list], values: dict) -> bool:
         nonlocal gm, current
-        try:
-            candidate, candidate_inps = _rebuild(gm, current, cut, outputs)
-        except Exception:  # the cut values could not be computed: not a valid move
-            return False
+        candidate, candidate_inps = _rebuild(gm, current, cut, outputs, values)
         if len(candidate.graph.nodes) >= len(gm.graph.nodes) or not module_fails(
             candidate, candidate_inps
         ):
@@ -116,15 +117,19 @@ def minifier(
         return True
 
     def truncate() -> bool:
-        return any(attempt([], [node]) for node in _operators(gm))
+        return any(attempt([], [node], {}) for node in _operators(gm))
 
     def cut() -> bool:
+        try:  # the values every cut of this graph reads: computed once per graph
+            values = _values(gm, current)
+        except Exception:  # the graph does not run on its inputs: nothing can be cut
+            return False
         operators = _operators(gm)
         size = max_granularity or max(1, len(operators) // 2)
         while size >= 1:
             for start in range(0, len(operators), size):
                 run = [n for n in operators[start : start + size] if _is_tensor(n)]
-                if run and attempt(run, None):
+                if run and attempt(run, None, values):
                     return True
             size //= 2
         return False
