@@ -7,7 +7,6 @@ import expecttest
 import pytest
 import torch
 import torch.func
-import torch.fx as fx
 import torch.nn.functional as F
 from test_compile import per_sample_case, per_sample_loss
 from torch.fx.experimental.proxy_tensor import make_fx

@@ -1,5 +1,4 @@
 """vmap randomness: 'error', 'different' and 'same' for random operators, as torch.func."""
-import warnings
 
 import expecttest
 import pytest
