@@ -23,6 +23,7 @@ from functorch_lite._module_state import (
 from functorch_lite._rearrange import rearrange
 from functorch_lite._repr import debug_unwrap
 from functorch_lite._vmap import vmap
+from functorch_lite import dp  # DP-SGD building blocks: functorch_lite.dp.<name>
 
 # functorch re-exports torch's tracer under this name; it is a building block, not a transform
 from torch.fx.experimental.proxy_tensor import make_fx
