@@ -16,7 +16,7 @@ NOTE: [Docs as tests]
   links must exist.
 - docs/api.md has an entry (a level-3 heading naming `module.name` in backticks, then a
   ```text block with the signature as inspect.signature prints it) for every name in the __all__ of functorch_lite,
-  functorch_lite.experimental and functorch_lite.compile, and for no other name.
+  functorch_lite.experimental, functorch_lite.compile and functorch_lite.dp, and for no other name.
 - Relative links and their #anchors resolve; docs/quickstart.md shows README's install commands.
 - A page that stops at a name listed in test_compat.KNOWN_MISSING (documented ahead of its
   landing) is an xfail naming it, not a failure.
@@ -350,7 +350,8 @@ def test_quoted_data_carries_its_machine():
 # --- docs/api.md: every public name, with its signature ----------------------------------------
 
 API_MD = DOCS / "api.md"
-PUBLIC_MODULES = ["functorch_lite", "functorch_lite.experimental", "functorch_lite.compile"]
+PUBLIC_MODULES = ["functorch_lite", "functorch_lite.experimental", "functorch_lite.compile",
+                  "functorch_lite.dp"]
 API_ENTRY = re.compile(r"^### `([\w.]+)`\n\n```text\n(.*?)\n```$", re.M | re.S)
 
 
