@@ -276,3 +276,43 @@ def test_a_failed_call_leaves_no_level_behind():
     assert _C._layer_depth() == 0
     x = torch.randn(4, 3)
     assert_close(ft.vmap(torch.sin)(x), torch.sin(x))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_cuda_the_step_equals_cpu_and_nccl_sums():
+    import datetime
+    import os
+    import tempfile
+
+    import torch.distributed as dist
+
+    torch.manual_seed(0)
+    model, shape = make_model("cnn")
+    x, y = make_batch(shape, 6)
+    cpu = {k: v.detach().clone() for k, v in model.named_parameters()}
+    gpu = {k: v.cuda() for k, v in cpu.items()}  # functional_call runs the module with either
+
+    def step(params, device, noise):
+        return dp.dp_grads(model, F.cross_entropy, params, x.to(device), y.to(device),
+                           max_norm=0.5, noise_multiplier=noise,
+                           generator=torch.Generator(device=device).manual_seed(1))
+
+    expected = step(cpu, "cpu", 0.0)
+    for k, v in step(gpu, "cuda", 0.0).items():
+        assert v.is_cuda
+        assert_close(v.cpu(), expected[k])
+    first, again = step(gpu, "cuda", 1.0), step(gpu, "cuda", 1.0)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    with pytest.raises(ValueError, match="the generator is on cpu but gradient"):
+        dp.add_noise(first, 1.0, 1.0, torch.Generator())
+
+    with tempfile.TemporaryDirectory() as d:  # a world of one, through NCCL
+        dist.init_process_group("nccl", store=dist.FileStore(os.path.join(d, "store"), 1),
+                                rank=0, world_size=1, timeout=datetime.timedelta(seconds=60))
+        try:
+            summed = dp.all_reduce_sum(first, timeout=datetime.timedelta(seconds=60))
+            assert all(torch.equal(summed[k], first[k]) for k in first)
+            preds = torch.randn(3, 4, device="cuda")
+            assert torch.equal(dp.gather_ensemble(preds), preds)
+        finally:
+            dist.destroy_process_group()
