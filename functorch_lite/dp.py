@@ -27,6 +27,7 @@ Nothing here assumes a device: buckets live where the gradients live (gloo for C
 NCCL for CUDA ones), and the noise is drawn on the generator's device, which must be theirs.
 """
 import datetime
+import math
 from typing import Any, Callable, Dict, List, Optional
 
 import torch
@@ -72,6 +73,11 @@ def _check_grads(grads: Any, api: str) -> int:
     return next(iter(sizes.values()))
 
 
+def _rows(g: Tensor, batch: int) -> Tensor:
+    """[B, n]: one row per example (also for an empty batch, where reshape(B, -1) is ambiguous)."""
+    return g.reshape(batch, math.prod(g.shape[1:]))
+
+
 def _check_max_norm(max_norm: float, api: str) -> None:
     if not max_norm > 0:
         raise ValueError(f"{api}: max_norm must be positive, got {max_norm}")
@@ -106,7 +112,7 @@ def per_sample_grads(model: nn.Module, loss_fn: Callable[[Any, Any], Tensor], pa
 def per_sample_norms(grads: Grads) -> Tensor:
     """[B]: the L2 norm of each example's gradient, taken over all of its tensors together."""
     batch = _check_grads(grads, "per_sample_norms(grads)")
-    norms = [torch.linalg.vector_norm(g.reshape(batch, -1), dim=1) for g in grads.values()]
+    norms = [torch.linalg.vector_norm(_rows(g, batch), dim=1) for g in grads.values()]
     return torch.linalg.vector_norm(torch.stack(norms, dim=1), dim=1)
 
 
@@ -130,7 +136,7 @@ def clipped_sum(grads: Grads, max_norm: float) -> Grads:
     batch = _check_grads(grads, api)
     _check_max_norm(max_norm, api)
     factors = _clip_factors(grads, max_norm)
-    return {k: (factors.to(g.dtype) @ g.reshape(batch, -1)).view(g.shape[1:])
+    return {k: (factors.to(g.dtype) @ _rows(g, batch)).view(g.shape[1:])
             for k, g in grads.items()}
 
 
@@ -220,9 +226,12 @@ def dp_grads(model: nn.Module, loss_fn: Callable[[Any, Any], Tensor], params: Gr
     + noise) / batch_size. Under an initialized torch.distributed, `inputs` and `targets` are
     this rank's shard and the clipped sums are added across the ranks of `group` before the
     noise (see NOTE: [Data-parallel DP-SGD]). `batch_size` defaults to the number of examples
-    in the step (over all ranks); with Poisson sampling pass the expected batch size."""
+    in the step (over all ranks); with Poisson sampling pass the expected batch size. The
+    result carries no autograd history: the step is not differentiated."""
     api = "dp_grads(model, loss_fn, params, inputs, targets)"
     _check_max_norm(max_norm, api)
+    if isinstance(params, dict):  # a graph back to the parameters would only cost memory
+        params = {k: v.detach() if isinstance(v, Tensor) else v for k, v in params.items()}
     grads = per_sample_grads(model, loss_fn, params, inputs, targets, buffers=buffers)
     summed = clipped_sum(grads, max_norm)
     count = next(iter(grads.values())).shape[0]
@@ -234,6 +243,9 @@ def dp_grads(model: nn.Module, loss_fn: Callable[[Any, Any], Tensor], params: Gr
         summed = all_reduce_sum(summed, group=group, timeout=timeout)
         if batch_size is None:
             count = round(summed.pop(_COUNT).item())
+    if batch_size is None and count == 0:
+        raise ValueError(f"{api}: the step has no examples (on any rank) to average over; "
+                         f"pass batch_size, the expected batch size, to step on noise alone")
     noisy = add_noise(summed, noise_multiplier, max_norm, generator)
     scale = 1.0 / (count if batch_size is None else batch_size)
     return {k: g * scale for k, g in noisy.items()}

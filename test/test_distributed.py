@@ -5,14 +5,17 @@ Starting workers is the expensive part (each imports torch), so each world size 
 workers once, for a module-scoped fixture: every rank runs every check of CHECKS, records
 "ok" or the check's traceback in a file of its own, and each test reads its check's records.
 A check that raises fails its test with every failing rank's traceback and does not stop the
-next check; a rank that dies or hangs fails them all. Every collective has a timeout (the
-process group's, COLLECTIVE_TIMEOUT), and every job a deadline (JOB_DEADLINE_S) past which its
-workers are killed: nothing here can hang. The workers are torch.multiprocessing's spawn
+next check; a rank that dies or hangs fails them all. A worker that raises outside a check
+fails its job with WorkersFailed, which opens with the traceback of the rank that raised
+first (the cause) and then those of the ranks that lost it as a peer. Every collective has a
+timeout (the process group's, COLLECTIVE_TIMEOUT), and every job a deadline (JOB_DEADLINE_S)
+past which its workers are killed: nothing here can hang. The workers are torch.multiprocessing's spawn
 processes on a free localhost port, with the gloo backend, one torch thread each.
 """
 import datetime
 import json
 import os
+import pickle
 import re
 import socket
 import subprocess
@@ -50,24 +53,46 @@ def _worker(rank, world, port, fn, args):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=COLLECTIVE_TIMEOUT)
-    try:
-        fn(rank, world, *args)
-    finally:
-        dist.destroy_process_group()
+    fn(rank, world, *args)
+    # only on success: a rank that raises keeps its connections until its error is recorded,
+    # so that the peers it leaves behind fail after it (see _failures)
+    dist.destroy_process_group()
+
+
+class WorkersFailed(Exception):
+    """A job whose workers raised: each failed rank's traceback, the first to fail first."""
+
+
+def _failures(context):
+    """(time, rank, traceback) of every worker that raised, in the order they raised. The
+    first is the cause: the others mostly fail because it left (a collective lost a peer)."""
+    found = []
+    for rank, path in enumerate(context.error_files):
+        if os.access(path, os.R_OK):
+            with open(path, "rb") as f:
+                found.append((os.path.getmtime(path), rank, pickle.load(f)))
+    return sorted(found)
 
 
 def run_workers(world, fn, *args):
     """Runs fn(rank, world, *args) in `world` gloo processes. A worker that raises fails the
-    job with its error (torch.multiprocessing's ProcessRaisedException, which carries the
-    worker's traceback) and ends the others; a job past JOB_DEADLINE_S is killed and fails."""
+    job with WorkersFailed, which opens with its traceback, and ends the others; a job past
+    JOB_DEADLINE_S is killed and fails."""
     context = mp.start_processes(_worker, args=(world, free_port(), fn, args), nprocs=world,
                                  join=False, start_method="spawn")
     deadline = time.monotonic() + JOB_DEADLINE_S
-    while not context.join(timeout=1):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail(f"{world} workers still ran after {JOB_DEADLINE_S} s")
+    try:
+        while not context.join(timeout=1):
+            if time.monotonic() > deadline:
+                for process in context.processes:
+                    process.kill()
+                pytest.fail(f"{world} workers still ran after {JOB_DEADLINE_S} s")
+    except (mp.ProcessRaisedException, mp.ProcessExitedException):
+        failures = _failures(context)
+        if not failures:  # killed by a signal: torch's exception says which
+            raise
+        raise WorkersFailed("\n".join(f"rank {rank} of {world} raised{' first' * (i == 0)}:\n{tb}"
+                                      for i, (_, rank, tb) in enumerate(failures))) from None
 
 
 # --- what the ranks check ----------------------------------------------------------------------
@@ -184,6 +209,7 @@ CHECKS = {
     4: {
         "dp_sgd_cnn": (check_dp_sgd, "cnn", 12),
         "dp_sgd_mlp_uneven_shards": (check_dp_sgd, "mlp", 10),
+        "dp_sgd_mlp_an_empty_shard": (check_dp_sgd, "mlp", 3),
         "all_reduce_buckets": (check_all_reduce_buckets,),
         "ensemble": (check_ensemble, 6),
     },
@@ -238,11 +264,15 @@ def raise_on_rank_one(rank, world):
     dp.all_reduce_sum({"a": torch.ones(3)}, timeout=COLLECTIVE_TIMEOUT)
 
 
-def test_a_raising_worker_fails_the_job_with_its_error_without_a_hang():
+@pytest.mark.parametrize("world", [2, 4])
+def test_a_raising_worker_fails_the_job_with_its_error_without_a_hang(world):
     start = time.monotonic()
-    with pytest.raises(mp.ProcessRaisedException, match="rank 1 failed on purpose"):
-        run_workers(2, raise_on_rank_one)
+    with pytest.raises(WorkersFailed) as failed:
+        run_workers(world, raise_on_rank_one)
     assert time.monotonic() - start < COLLECTIVE_TIMEOUT.total_seconds()
+    first = re.split(r"^rank \d+ of \d+ raised", str(failed.value), flags=re.M)[1]
+    assert str(failed.value).startswith(f"rank 1 of {world} raised first:\n"), str(failed.value)
+    assert "ValueError: rank 1 failed on purpose" in first
 
 
 # --- the tutorial's torchrun script ------------------------------------------------------------

@@ -137,6 +137,40 @@ def test_clipping_leaves_small_gradients_and_zero_gradients_alone():
     assert torch.isfinite(dp.clipped_sum(grads, 1.0)["w"]).all()
 
 
+def test_an_empty_batch_sums_to_zero_and_needs_a_batch_size_to_step():
+    model = nn.Linear(3, 2)
+    params = dict(model.named_parameters())
+    x, y = torch.randn(0, 3), torch.randint(0, 2, (0,))
+    grads = dp.per_sample_grads(model, F.cross_entropy, params, x, y)
+    assert grads["weight"].shape == (0, 2, 3)
+    assert all(torch.equal(v, torch.zeros_like(params[k]))
+               for k, v in dp.clipped_sum(grads, 1.0).items())
+    step = dp.dp_grads(model, F.cross_entropy, params, x, y, max_norm=1.0, noise_multiplier=1.0,
+                       generator=torch.Generator().manual_seed(0), batch_size=4)
+    g = torch.Generator().manual_seed(0)
+    for k, v in params.items():
+        assert_close(step[k], torch.normal(0.0, 1.0, v.shape, generator=g) / 4)
+    raises(lambda: dp.dp_grads(model, F.cross_entropy, params, x, y, max_norm=1.0,
+                               noise_multiplier=1.0, generator=torch.Generator()), ValueError,
+           "dp_grads(model, loss_fn, params, inputs, targets): the step has no examples (on any "
+           "rank) to average over; pass batch_size, the expected batch size, to step on noise "
+           "alone")
+
+
+def test_a_scalar_parameter_counts_in_the_norm():
+    grads = {"scale": torch.tensor([3.0, 0.0]), "w": torch.tensor([[4.0], [0.5]])}
+    assert_close(dp.per_sample_norms(grads), torch.tensor([5.0, 0.5]))
+    assert_close(dp.clipped_sum(grads, 1.0)["scale"], torch.tensor(0.6))
+
+
+def test_dp_grads_carry_no_autograd_history():
+    model = nn.Linear(3, 2)
+    step = dp.dp_grads(model, F.cross_entropy, dict(model.named_parameters()),
+                       torch.randn(4, 3), torch.randint(0, 2, (4,)), max_norm=1.0,
+                       noise_multiplier=1.0, generator=torch.Generator())
+    assert all(not g.requires_grad for g in step.values())
+
+
 def test_clipping_keeps_the_dtype():
     grads = {"w": torch.randn(4, 3, dtype=torch.float64), "b": torch.randn(4, 3)}
     for out in (dp.clip_per_sample(grads, 0.5), dp.clipped_sum(grads, 0.5)):
