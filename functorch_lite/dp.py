@@ -113,7 +113,8 @@ def per_sample_norms(grads: Grads) -> Tensor:
     """[B]: the L2 norm of each example's gradient, taken over all of its tensors together."""
     batch = _check_grads(grads, "per_sample_norms(grads)")
     norms = [torch.linalg.vector_norm(_rows(g, batch), dim=1) for g in grads.values()]
-    return torch.linalg.vector_norm(torch.stack(norms, dim=1), dim=1)
+    device = norms[0].device  # a model split over devices: the norms meet on the first one
+    return torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms], dim=1), dim=1)
 
 
 def _clip_factors(grads: Grads, max_norm: float) -> Tensor:
@@ -126,7 +127,8 @@ def clip_per_sample(grads: Grads, max_norm: float) -> Grads:
     _check_grads(grads, api)
     _check_max_norm(max_norm, api)
     factors = _clip_factors(grads, max_norm)
-    return {k: g * factors.to(g.dtype).view(-1, *[1] * (g.dim() - 1)) for k, g in grads.items()}
+    return {k: g * factors.to(g.device, g.dtype).view(-1, *[1] * (g.dim() - 1))
+            for k, g in grads.items()}
 
 
 def clipped_sum(grads: Grads, max_norm: float) -> Grads:
@@ -136,7 +138,7 @@ def clipped_sum(grads: Grads, max_norm: float) -> Grads:
     batch = _check_grads(grads, api)
     _check_max_norm(max_norm, api)
     factors = _clip_factors(grads, max_norm)
-    return {k: (factors.to(g.dtype) @ _rows(g, batch)).view(g.shape[1:])
+    return {k: (factors.to(g.device, g.dtype) @ _rows(g, batch)).view(g.shape[1:])
             for k, g in grads.items()}
 
 
@@ -149,6 +151,8 @@ def add_noise(grads: Grads, noise_multiplier: float, max_norm: float,
     if not isinstance(generator, torch.Generator):
         raise TypeError(f"{api}: generator should be a torch.Generator (seeded by the caller), "
                         f"got {type(generator).__name__}")
+    if not isinstance(grads, dict) or not all(isinstance(g, Tensor) for g in grads.values()):
+        raise TypeError(f"{api}: expected a dict {{name: tensor}}, got {type(grads).__name__}")
     if not noise_multiplier >= 0:
         raise ValueError(f"{api}: noise_multiplier must be non-negative, got {noise_multiplier}")
     _check_max_norm(max_norm, api)
