@@ -23,8 +23,11 @@ from torch.utils import _pytree as pytree
 #   they were (scatter), the number of true mask entries is kept (masked_scatter, and the
 #   output shape of masked_select and nonzero), and per-sample results differ;
 # - sorted 1-D integer tensors (offsets, boundaries, split points) are kept: permuting them
-#   leaves the op's domain. So are 0-dim and one-element integer tensors; 0-dim bool ones are
-#   negated for odd samples.
+#   leaves the op's domain. So are integer tensors with one element (their valid range is not
+#   known) and, necessarily, constant ones; bool tensors with one element are negated for odd
+#   samples.
+# test/test_vmap_per_sample_indices.py draws indices independently per sample instead, for the
+# indexing, gather/scatter and mask rules.
 B = 3
 B_OUTER = 2
 _SCALES = (1.0, 0.75, 0.5, 0.875, 0.625, 0.9)
