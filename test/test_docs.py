@@ -309,7 +309,10 @@ def render_opinfo(data):
     """opinfo_coverage.py's summary."""
     s = data["summary"]
     lines = [
-        f"{s['opinfos']} OpInfos, {s['counted']} counted, {s['skipped']} skipped.",
+        f"{s['opinfos']} OpInfos, {s['counted']} counted, "
+        + "".join(f"{g['counted']} {name} ones in their own row, "
+                  for name, g in s.get("groups", {}).items())
+        + f"{s['skipped']} skipped.",
         "",
         "| | functorch_lite.vmap | torch.func.vmap |",
         "| --- | ---: | ---: |",
@@ -319,6 +322,10 @@ def render_opinfo(data):
         cells = [f"{s[impl][key]} ({100 * s[impl][key + '_share']:.1f}%)"
                  for impl in ("functorch_lite", "torch.func")]
         lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
+    for group, g in s.get("groups", {}).items():  # NOTE: [OpInfo groups] in opinfo_coverage.py
+        cells = [f"{g[impl]['correct']} ({100 * g[impl]['correct_share']:.1f}%)"
+                 for impl in ("functorch_lite", "torch.func")]
+        lines.append(f"| {group} OpInfos ({g['counted']}), fully correct | {cells[0]} | {cells[1]} |")
     return lines
 
 
