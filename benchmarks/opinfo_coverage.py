@@ -12,7 +12,8 @@ cases]).
 
     python benchmarks/opinfo_coverage.py [--max-samples N] [--ops name,name] [--no-write]
 
-Writes docs/opinfo_coverage.md and benchmarks/results/opinfo_coverage.json.
+Writes docs/opinfo_coverage.md, benchmarks/results/opinfo_coverage.json and the summary that
+docs/benchmarks.md quotes, docs/data/opinfo_coverage.json (with the commit and script hash).
 """
 import argparse
 import collections
@@ -30,6 +31,7 @@ sys.path.insert(0, os.path.join(ROOT, "test"))
 import functorch_lite  # noqa: E402
 from functorch_lite import _C  # noqa: E402
 import vmap_opinfo_utils as U  # noqa: E402
+from common import provenance  # noqa: E402
 
 
 def _ours_fallback(enabled):
@@ -362,9 +364,13 @@ def main():
     print(json.dumps(summary, indent=2))
     if opts.no_write:
         return
+    origin = provenance(__file__)
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     with open(os.path.join(HERE, "results", "opinfo_coverage.json"), "w") as f:
-        json.dump({"summary": summary, "results": results}, f, indent=1)
+        json.dump({"provenance": origin, "summary": summary, "results": results}, f, indent=1)
+    # the copy docs/benchmarks.md quotes: the summary and where it came from
+    with open(os.path.join(ROOT, "docs", "data", "opinfo_coverage.json"), "w") as f:
+        json.dump({"provenance": origin, "summary": summary}, f, indent=2)
     write_markdown(results, summary, os.path.join(ROOT, "docs", "opinfo_coverage.md"), elapsed)
 
 
