@@ -8,7 +8,7 @@ TORCH ?= 2.13.0
 VENV := .venv/torch-$(TORCH)
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q --disable-pip-version-check
-DEPS := "torch==$(TORCH)" "setuptools>=70" wheel ninja expecttest pytest hypothesis matplotlib
+DEPS := "torch==$(TORCH)" "setuptools>=70" wheel ninja numpy expecttest pytest hypothesis matplotlib
 
 .PHONY: deps build demo demo-smoke test bench
 
