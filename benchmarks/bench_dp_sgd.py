@@ -30,6 +30,7 @@ from common import (
     format_table,
     progress,
     quartiles,
+    ratio_stats,
     timed_row,
     write_results,
 )
@@ -142,20 +143,26 @@ def main():
     rows = []
     for name in args.models.split(","):
         row = compare(name, args.repeats, args.seed)
+        times = {}
         for world in (1, 2):
             progress(f"[{name}] functorch_lite on {world} process(es)")
-            times = distributed_times(name, world, args.repeats)
-            low, median, high = quartiles(times)
-            row[f"functorch_lite {world}p"] = median
-            row["spread"][f"functorch_lite {world}p"] = [low, high]
+            label = f"functorch_lite {world}p"
+            times[label] = distributed_times(name, world, args.repeats)
+            low, row[label], high = quartiles(times[label])
+            row["spread"][label] = [low, high]
+        # the two runs are not interleaved: round i of one with round i of the other
+        row["ratios"]["functorch_lite 2p / functorch_lite 1p"] = list(
+            ratio_stats(times["functorch_lite 2p"], times["functorch_lite 1p"]))
         rows.append(row)
 
     columns = [c for c in ("functorch_lite", "opacus", "functorch_lite 1p", "functorch_lite 2p")
                if c in rows[0]]
+    ratio = ("functorch_lite", "opacus") if "opacus" in rows[0] else (
+        "functorch_lite 2p", "functorch_lite 1p")
     output = (f"DP-SGD step, batch {BATCH}, torch {torch.__version__}, "
               f"{torch.get_num_threads()} threads, {args.repeats} rounds; functorch_lite Np: "
               f"the batch split over N gloo processes (rank 0's step)\n\n"
-              + format_table(rows, columns, "functorch_lite", "opacus"))
+              + format_table(rows, columns, *ratio))
     print("\n" + output)
     json_path, png = write_results("dp_sgd", rows, columns, output=output)
     print(f"\nwrote {json_path}" + (f" and {png}" if png else ""))
