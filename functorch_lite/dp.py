@@ -190,12 +190,15 @@ def _check_distributed(api: str) -> None:
 def _buckets(tensors: List[Tensor], cap_bytes: int) -> List[List[int]]:
     """Indices of `tensors` grouped by device and dtype, each group cut at cap_bytes."""
     groups: Dict[Any, List[List[int]]] = {}
+    filled: Dict[Any, int] = {}  # bytes in each group's last bucket
     for i, t in enumerate(tensors):
-        buckets = groups.setdefault((t.device, t.dtype), [[]])
-        size = sum(tensors[j].numel() * tensors[j].element_size() for j in buckets[-1])
-        if buckets[-1] and size + t.numel() * t.element_size() > cap_bytes:
+        key, size = (t.device, t.dtype), t.numel() * t.element_size()
+        buckets = groups.setdefault(key, [[]])
+        if buckets[-1] and filled[key] + size > cap_bytes:
             buckets.append([])
+            filled[key] = 0
         buckets[-1].append(i)
+        filled[key] = filled.get(key, 0) + size
     return [b for buckets in groups.values() for b in buckets]
 
 
@@ -259,12 +262,14 @@ def gather_ensemble(predictions: Tensor, *, group: Any = None,
                     timeout: Optional[datetime.timedelta] = None) -> Tensor:
     """[M, ...]: this rank's [m, ...] predictions (one row per model it holds, as
     vmap over stack_module_state gives) concatenated with every other rank's, in rank order.
-    Ranks may hold different numbers of models; the other dimensions must agree."""
+    Ranks may hold different numbers of models; the other dimensions must agree. The result
+    carries no autograd history."""
     api = "gather_ensemble(predictions)"
     _check_distributed(api)
     if not isinstance(predictions, Tensor) or predictions.dim() == 0:
+        what = "a 0-d tensor" if isinstance(predictions, Tensor) else type(predictions).__name__
         raise TypeError(f"{api}: expected a tensor whose first dimension is the models, got "
-                        f"{type(predictions).__name__ if not isinstance(predictions, Tensor) else 'a 0-d tensor'}")
+                        f"{what}")
     world = dist.get_world_size(group)
     # one small collective for every rank's shape, so that uneven counts pad instead of hang
     shape = torch.tensor([predictions.dim(), *predictions.shape, *[0] * 7][:8],
@@ -280,7 +285,7 @@ def gather_ensemble(predictions: Tensor, *, group: Any = None,
                          f"{[tuple(d[1:1 + d[0]]) for d in dims]}")
     most = max(d[1] for d in dims)
     padded = predictions.new_zeros((most, *predictions.shape[1:]))
-    padded[: predictions.shape[0]] = predictions
+    padded[: predictions.shape[0]] = predictions.detach()  # a collective is not differentiated
     gathered = [torch.empty_like(padded) for _ in range(world)]
     _wait(dist.all_gather(gathered, padded, group=group, async_op=True), timeout, api,
           "the all_gather of the predictions")

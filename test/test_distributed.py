@@ -184,6 +184,17 @@ def check_ensemble(rank, world, models):
     torch.testing.assert_close(gathered, torch.stack([m(x) for m in all_models]).detach())
 
 
+def check_ensemble_shapes_must_agree(rank, world):
+    """Ranks whose predictions disagree past the first dimension all get the same error,
+    instead of a collective that hangs or mixes shapes."""
+    with pytest.raises(ValueError) as raised:
+        dp.gather_ensemble(torch.zeros(2, 3 + rank, 4), timeout=COLLECTIVE_TIMEOUT)
+    shapes = ", ".join(f"(2, {3 + r}, 4)" for r in range(world))
+    assert str(raised.value) == (
+        "gather_ensemble(predictions): the ranks' predictions should agree on every dimension "
+        f"but the first (and have at most 7), got shapes [{shapes}]")
+
+
 def check_collective_timeout(rank, world):
     """A rank that waits for a collective its peers start late gets our error after its
     timeout, not a hang; the late peers then complete it, so later collectives pair up."""
@@ -204,6 +215,7 @@ CHECKS = {
         "dp_sgd_cnn_uneven_shards": (check_dp_sgd, "cnn", 9),
         "all_reduce_buckets": (check_all_reduce_buckets,),
         "ensemble": (check_ensemble, 5),
+        "ensemble_shapes_must_agree": (check_ensemble_shapes_must_agree,),
         "collective_timeout": (check_collective_timeout,),
     },
     4: {
