@@ -252,9 +252,14 @@ def results(tmp_path_factory):
             out_dir = tmp_path_factory.mktemp(f"world{world}")
             references = {name: train(*args) for name, (check, *args) in CHECKS[world].items()
                           if check is check_dp_sgd}  # single-process DP-SGD, full batches
-            run_workers(world, run_checks, str(out_dir), references)
-            out[world] = [json.loads(Path(out_dir, f"rank{r}.json").read_text())
-                          for r in range(world)]
+            try:
+                run_workers(world, run_checks, str(out_dir), references)
+                out[world] = [json.loads(Path(out_dir, f"rank{r}.json").read_text())
+                              for r in range(world)]
+            except (Exception, pytest.fail.Exception) as e:  # once: each check fails with it
+                out[world] = f"the {world}-rank job failed:\n{e}"
+        if isinstance(out[world], str):
+            pytest.fail(out[world], pytrace=False)
         return out[world]
 
     return get
