@@ -103,7 +103,9 @@ def per_sample_grads(model: nn.Module, loss_fn: Callable[[Any, Any], Tensor], pa
 
     def loss(p, x, y):
         state = p if buffers is None else (p, buffers)
-        one = lambda t: t.unsqueeze(0)  # noqa: E731  (the model sees a batch of one)
+        def one(t):  # the model and the loss see a batch of one example
+            return t.unsqueeze(0)
+
         return loss_fn(functional_call(model, state, tree_map(one, (x,))), tree_map(one, y))
 
     return vmap(grad(loss), in_dims=(None, 0, 0))(params, inputs, targets)
@@ -245,8 +247,9 @@ def dp_grads(model: nn.Module, loss_fn: Callable[[Any, Any], Tensor], params: Gr
     if dist.is_available() and dist.is_initialized():
         if batch_size is None:  # counted in the gradients' bucket: no collective of its own
             anchor = next(iter(summed.values()))
-            exact = anchor.dtype if anchor.dtype in (torch.float32, torch.float64) else torch.float32
-            summed[_COUNT] = torch.tensor([count], dtype=exact, device=anchor.device)
+            wide = anchor.dtype in (torch.float32, torch.float64)  # a count exact to 2**24
+            summed[_COUNT] = torch.tensor([count], device=anchor.device,
+                                          dtype=anchor.dtype if wide else torch.float32)
         summed = all_reduce_sum(summed, group=group, timeout=timeout)
         if batch_size is None:
             count = round(summed.pop(_COUNT).item())

@@ -9,8 +9,9 @@ next check; a rank that dies or hangs fails them all. A worker that raises outsi
 fails its job with WorkersFailed, which opens with the traceback of the rank that raised
 first (the cause) and then those of the ranks that lost it as a peer. Every collective has a
 timeout (the process group's, COLLECTIVE_TIMEOUT), and every job a deadline (JOB_DEADLINE_S)
-past which its workers are killed: nothing here can hang. The workers are torch.multiprocessing's spawn
-processes on a free localhost port, with the gloo backend, one torch thread each.
+past which its workers are killed: nothing here can hang. The workers are
+torch.multiprocessing's spawn processes on a free localhost port, with the gloo backend, one
+torch thread each.
 """
 import datetime
 import json
