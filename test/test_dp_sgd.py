@@ -350,3 +350,20 @@ def test_on_cuda_the_step_equals_cpu_and_nccl_sums():
             assert torch.equal(dp.gather_ensemble(preds), preds)
         finally:
             dist.destroy_process_group()
+
+
+@settings(max_examples=50, deadline=None)
+@given(sizes=st.lists(st.tuples(st.integers(0, 40), st.sampled_from([torch.float32,
+                                                                     torch.float64])),
+                      min_size=1, max_size=12),
+       cap=st.integers(1, 200))
+def test_buckets_hold_every_tensor_once_by_dtype_within_the_cap(sizes, cap):
+    from functorch_lite.dp import _buckets
+
+    tensors = [torch.zeros(n, dtype=dtype) for n, dtype in sizes]
+    buckets = _buckets(tensors, cap)
+    assert sorted(i for b in buckets for i in b) == list(range(len(tensors)))
+    for b in buckets:
+        assert b == sorted(b) and len({tensors[i].dtype for i in b}) == 1
+        nbytes = sum(tensors[i].numel() * tensors[i].element_size() for i in b)
+        assert nbytes <= cap or len(b) == 1, "only a tensor over the cap may exceed it, alone"
