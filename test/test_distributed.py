@@ -18,6 +18,7 @@ import json
 import os
 import pickle
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -316,10 +317,18 @@ def test_torchrun_script_prints_what_the_tutorial_shows():
     expected = blocks[blocks.index(command) + 1]
     assert expected.lang == "text", "the torchrun command should be followed by its output"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    run = subprocess.run(
+    # a session of its own: past the deadline, the launcher and its workers go together
+    run = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          str(SCRIPT.relative_to(ROOT))],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=JOB_DEADLINE_S,
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
     )
-    assert run.returncode == 0, f"torchrun failed:\n{run.stdout}\n{run.stderr}"
-    assert _normalized(run.stdout) == _normalized(expected.code), run.stdout
+    try:
+        stdout, stderr = run.communicate(timeout=JOB_DEADLINE_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(run.pid, signal.SIGKILL)
+        stdout, stderr = run.communicate()
+        pytest.fail(f"torchrun still ran after {JOB_DEADLINE_S} s:\n{stdout}\n{stderr}")
+    assert run.returncode == 0, f"torchrun failed:\n{stdout}\n{stderr}"
+    assert _normalized(stdout) == _normalized(expected.code), stdout
