@@ -196,7 +196,7 @@ def grad(func, argnums=0, has_aux=False):
     return wrapped
 
 
-@_dynamo.direct
+@_dynamo.direct(returns_function=True)
 def vjp(func, *primals, has_aux=False):
     """Returns (output, vjp_fn[, aux]) for `func` at `primals` (the vjp of functorch)."""
     return _vjp_with_argnums(func, primals, None, has_aux, f"vjp({_name(func)}, ...)", "vjp")

@@ -51,14 +51,28 @@ def transform(factory):
     return make
 
 
-def direct(api):
-    """Marks a transform called directly on tensors (jvp, vjp, functional_call)."""
+def direct(api=None, *, returns_function=False):
+    """Marks a transform called directly on tensors (jvp, vjp, linearize).
+
+    With returns_function, element 1 of its result (vjp_fn, jvp_fn) calls through `_run` too."""
+    if api is None:
+        return functools.partial(direct, returns_function=returns_function)
 
     @functools.wraps(api)
     def called(*args, **kwargs):
-        return _run(api, *args, **kwargs)
+        result = _run(api, *args, **kwargs)
+        if returns_function:
+            result = (result[0], _calling_through_run(result[1]), *result[2:])
+        return result
 
     return called
+
+
+def _calling_through_run(fn):
+    def through_run(*args, **kwargs):  # no functools.wraps: dynamo traces this with fn unknown
+        return _run(fn, *args, **kwargs)
+
+    return through_run
 
 
 def _run(fn, /, *args, **kwargs):

@@ -1,7 +1,7 @@
 """Dynamo's view of `_dynamo._run`: one opaque graph node per transform call (imports dynamo)."""
 import re
 
-from torch._dynamo.exc import unimplemented
+from torch._dynamo.exc import TorchRuntimeError, Unsupported, unimplemented
 from torch._dynamo.variables.base import VariableTracker
 from torch._dynamo.variables.functions import BaseUserFunctionVariable, UserFunctionVariable
 from torch._dynamo.variables.lists import TupleVariable
@@ -60,9 +60,18 @@ class _Bound:
 
 def _opaque_call(tx, target, args, kwargs):
     """One graph node calling `target` on args/kwargs (VariableTrackers of tensors, pytrees)."""
-    return TorchInGraphFunctionVariable(target)._call_nonstrict_traceable_function(
-        tx, list(args), dict(kwargs)
-    )
+    try:
+        return TorchInGraphFunctionVariable(target)._call_nonstrict_traceable_function(
+            tx, list(args), dict(kwargs)
+        )
+    except Unsupported as e:
+        # An error raised by the transform itself while dynamo runs it on fake tensors (bad
+        # in_dims, randomness="error", ...) reaches the user as dynamo reports any failing op,
+        # a TorchRuntimeError with our message, not as an unsupported output type.
+        cause = e.__cause__ or e.__context__
+        if isinstance(cause, TorchRuntimeError):
+            raise cause from None
+        raise
 
 
 def _bind(fn, args, kwargs, what):
@@ -84,6 +93,8 @@ class RunVariable(UserFunctionVariable):
 
     def call_function(self, tx, args, kwargs):
         fn_vt, args = args[0], args[1:]
+        if isinstance(fn_vt, VjpFnVariable):
+            return fn_vt.call_function(tx, args, kwargs)
         fn = _constant(fn_vt, "a functorch_lite transform")
         what = f"functorch_lite.{_api_name(fn)}"
         from functorch_lite import _autodiff, _linearize

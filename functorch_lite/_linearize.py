@@ -22,7 +22,7 @@ from functorch_lite._forward import _check_tensors, _jvp_with_argnums
 # vmap(jvp_fn) after two calls batches the linear map alone.
 
 
-@_dynamo.direct
+@_dynamo.direct(returns_function=True)
 def linearize(func, *primals):
     """Returns (func(*primals), jvp_fn) where jvp_fn(*tangents) is J @ tangents at primals."""
     api = f"linearize({_name(func)}, *primals)"
