@@ -1,0 +1,168 @@
+"""Benchmark: torch.compile over functorch_lite's transforms vs over torch.func's, per-sample grads.
+
+Run: python benchmarks/bench_torch_compile.py [--repeats N] [--models mlp,cnn,embed]
+         [--backend inductor] [--threads 1]
+"""
+import argparse
+import time
+
+import torch
+import torch._dynamo
+import torch.func
+import torch.nn as nn
+import torch.nn.functional as F
+
+import functorch_lite
+from common import assert_trees_close, interleaved_median_seconds, progress, write_results
+
+# NOTE: [What bench_torch_compile measures]
+# Per-sample gradients of the cross-entropy loss w.r.t. the parameters, batch 64, for the models
+# of per_sample_grads.py (the MLP 784-512-256-10, the MNIST CNN, embedding + layer norm):
+#   compile ours         torch.compile(step) where step calls functorch_lite's
+#                        vmap(grad(loss), (None, 0, 0)) with functorch_lite.functional_call
+#   compile torch.func   the same step written with torch.func
+#   torch.func eager     torch.func's step, not compiled
+# Both compiled steps use fullgraph=True and the same backend. Compile time is the first call
+# (dynamo + AOTAutograd + backend), with dynamo reset and inductor's on-disk caches off so
+# neither variant reuses the other's work; the two compiles take turns in the order of the
+# models. Steady state is the median over --repeats rounds after two warm-up rounds, the three
+# variants taking turns in each round (common.interleaved_median_seconds) so that load from
+# other processes hits them alike; the spread is the (min, max) over the rounds. Ratios are
+# ours / torch.func's compiled: below 1 means faster.
+
+BATCH = 64
+
+
+class MnistCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 3)
+        self.conv2 = nn.Conv2d(32, 64, 3)
+        self.fc1 = nn.Linear(9216, 128)
+        self.fc2 = nn.Linear(128, 10)
+
+    def forward(self, x):
+        x = F.relu(self.conv1(x))
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        return self.fc2(F.relu(self.fc1(torch.flatten(x, 1))))
+
+
+class EmbedNorm(nn.Module):
+    def __init__(self, vocab=1000, dim=64, seq=16):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.fc = nn.Linear(dim * seq, 10)
+
+    def forward(self, tokens):
+        return self.fc(self.norm(self.embed(tokens)).flatten(1))
+
+
+def make_case(name):
+    torch.manual_seed(0)
+    if name == "mlp":
+        model = nn.Sequential(
+            nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 10)
+        )
+        x = torch.randn(BATCH, 784)
+    elif name == "cnn":
+        model = MnistCNN()
+        x = torch.randn(BATCH, 1, 28, 28)
+    else:
+        model = EmbedNorm()
+        x = torch.randint(0, 1000, (BATCH, 16))
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    return model, params, x, torch.randint(0, 10, (BATCH,))
+
+
+def make_step(lib, model):
+    def loss(p, xi, yi):
+        out = lib.functional_call(model, p, (xi.unsqueeze(0),))
+        return F.cross_entropy(out, yi.unsqueeze(0))
+
+    def step(params, x, y):
+        return lib.vmap(lib.grad(loss), in_dims=(None, 0, 0))(params, x, y)
+
+    return step
+
+
+def first_call_seconds(fn, args):
+    start = time.perf_counter()
+    out = fn(*args)
+    return time.perf_counter() - start, out
+
+
+def spread(times):
+    return [round(min(times) * 1e3, 3), round(max(times) * 1e3, 3)]
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--models", default="mlp,cnn,embed")
+    parser.add_argument("--backend", default="inductor")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch._inductor.config.fx_graph_cache = False
+    torch._functorch.config.enable_autograd_cache = False
+
+    rows = []
+    for i, name in enumerate(args.models.split(",")):
+        model, params, x, y = make_case(name)
+        inputs = (params, x, y)
+        eager = make_step(torch.func, model)
+        compiled = {
+            "compile ours": torch.compile(make_step(functorch_lite, model), backend=args.backend,
+                                          fullgraph=True),
+            "compile torch.func": torch.compile(make_step(torch.func, model),
+                                                backend=args.backend, fullgraph=True),
+        }
+        order = list(compiled) if i % 2 == 0 else list(reversed(compiled))
+        compile_s = {}
+        expected = eager(*inputs)
+        for label in order:
+            torch._dynamo.reset()
+            progress(f"{name}: compiling {label}")
+            compile_s[label], out = first_call_seconds(compiled[label], inputs)
+            assert_trees_close(out, expected)
+        variants = {label: (lambda f=f: f(*inputs)) for label, f in compiled.items()}
+        variants["torch.func eager"] = lambda: eager(*inputs)
+        progress(f"{name}: timing {args.repeats} rounds")
+        times = {label: [] for label in variants}
+
+        def recorded(label, fn):
+            def run():
+                start = time.perf_counter()
+                fn()
+                times[label].append(time.perf_counter() - start)
+
+            return run
+
+        medians = interleaved_median_seconds(
+            {label: recorded(label, fn) for label, fn in variants.items()}, args.repeats
+        )
+        row = {"case": name, **medians}
+        row["compile ours s"] = compile_s["compile ours"]
+        row["compile torch.func s"] = compile_s["compile torch.func"]
+        row["steady ratio"] = medians["compile ours"] / medians["compile torch.func"]
+        row["compile ratio"] = compile_s["compile ours"] / compile_s["compile torch.func"]
+        row["spread ms"] = {label: spread(t[-args.repeats:]) for label, t in times.items()}
+        rows.append(row)
+        print(
+            f"{name:<6} steady ours {medians['compile ours'] * 1e3:8.2f} ms  torch.func "
+            f"{medians['compile torch.func'] * 1e3:8.2f} ms  eager torch.func "
+            f"{medians['torch.func eager'] * 1e3:8.2f} ms  ratio {row['steady ratio']:.3f} | "
+            f"compile ours {row['compile ours s']:6.1f} s  torch.func "
+            f"{row['compile torch.func s']:6.1f} s  ratio {row['compile ratio']:.3f}",
+            flush=True,
+        )
+    path, _ = write_results(
+        f"torch_compile_{args.backend}", rows,
+        ["compile ours", "compile torch.func", "torch.func eager"],
+    )
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
