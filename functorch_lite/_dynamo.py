@@ -9,7 +9,8 @@ import sys
 # and run the user's function on wrapper tensors that have no storage for dynamo to fake. So
 # dynamo never looks inside. Every public transform funnels its calls through `_run(fn, *args,
 # **kwargs)`, where `fn` is the eager transformed function (vmap(grad(loss)) with its
-# in_dims, ...). Dynamo maps `_run` to `_RunVariable` (registered in its trace rules), which
+# in_dims, ...). Dynamo maps `_run` to `RunVariable` (_dynamo_variables.py, registered in
+# its trace rules when torch._dynamo is imported), which
 #   1. turns `fn` into the real Python function: a transform built inside the compiled region
 #      is a closure dynamo tracked symbolically, and dynamo rebuilds it from its code and
 #      closure cells when those are constants (functions, ints, tuples, modules);
@@ -20,8 +21,8 @@ import sys
 #      transform on fake, functional tensors: the router processes the levels and the graph
 #      holds only plain aten ops (as for functorch_lite.compile.aot_function(vmap(grad(f)))).
 # Guards are dynamo's own: on the closure cells that rebuilt `fn` (the function objects by
-# identity, in_dims / argnums / randomness by value) and on the tensor inputs. A new in_dims or
-# a different loss recompiles; calling the same code again does not.
+# identity, in_dims / argnums / randomness by value) and on the tensor inputs. A new in_dims, a
+# different loss or new input shapes recompile; calling the same code again does not.
 #
 # What cannot be rebuilt (a function that closes over a tensor, linearize's jvp_fn) is a graph
 # break whose reason names the transform; the call then runs eagerly. vjp is two nodes: the
@@ -30,7 +31,7 @@ import sys
 #
 # The other route, a compiled function called inside a transform (vmap(torch.compile(f))), sees
 # our wrapper tensors as inputs; dynamo cannot fake them. While a transform runs eagerly,
-# `_eager_frames` therefore switches dynamo's frame evaluation off and its stance to
+# `_EagerFrames` therefore switches dynamo's frame evaluation off and its stance to
 # force_eager, so a compiled function called inside runs as plain Python at our levels, which
 # is always correct (and is how it is traced when the outer call is itself compiled).
 
@@ -54,7 +55,7 @@ def transform(factory):
 def direct(api=None, *, returns_function=False):
     """Marks a transform called directly on tensors (jvp, vjp, linearize).
 
-    With returns_function, element 1 of its result (vjp_fn, jvp_fn) calls through `_run` too."""
+    With returns_function, element 1 of its result (vjp_fn) calls through `_run` too."""
     if api is None:
         return functools.partial(direct, returns_function=returns_function)
 

@@ -188,7 +188,7 @@ def _chunked_call(func, in_dims, out_dims, randomness, chunk_size, args, kwargs)
 @_dynamo.transform
 def vmap(func, in_dims=0, out_dims=0, randomness="error", *, chunk_size=None):
     """Vectorizes `func` over dimension `in_dims` of its inputs (the vmap of functorch)."""
-    name = getattr(func, "__name__", None) or repr(func)  # no repr unless needed: dynamo traces this
+    name = getattr(func, "__name__", None) or repr(func)  # repr only if needed: dynamo traces it
     if randomness not in _RANDOMNESS:
         raise RuntimeError(
             f"vmap({name}, randomness={randomness!r}): randomness must be one of "

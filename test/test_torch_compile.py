@@ -5,6 +5,12 @@ with fullgraph=True; route 2 (a compiled function inside a transform) must give 
 results. "aot_eager" covers the breadth, "inductor" a representative subset (its compiles take
 tens of seconds on a small machine).
 """
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 import torch._dynamo
@@ -115,15 +121,6 @@ def _vjp_aux_case(api):
     return f
 
 
-def _transformed(build):
-    """A case whose transformed function is made inside the compiled function."""
-
-    def cases():
-        return build(fl), build(tf)
-
-    return cases
-
-
 CASES = {
     "vmap": (lambda api: lambda b: api.vmap(vector)(b), (B,)),
     "vmap_in_dims": (lambda api: lambda p, x, y: api.vmap(loss, (None, 0, 0))(p, x, y), (P, X, Y)),
@@ -148,8 +145,8 @@ CASES = {
         (PARAMS, X, Y),
     ),
     # depth 3
-    "vmap_grad_grad": (lambda api: lambda b: api.vmap(api.grad(lambda x: api.grad(scalar)(x).sum()))(
-        b), (B,)),
+    "vmap_grad_grad": (
+        lambda api: lambda b: api.vmap(api.grad(lambda x: api.grad(scalar)(x).sum()))(b), (B,)),
     "vmap_vmap_grad": (lambda api: lambda b: api.vmap(api.vmap(api.grad(scalar)))(
         b.unsqueeze(-1).expand(5, 3, 2)), (B,)),
     "grad_grad_grad": (lambda api: lambda x: api.grad(
@@ -162,14 +159,14 @@ CASES = {
 }
 
 
-def _reference_and_ours(name):
+def _case(name):
     build, args = CASES[name]
     return build(fl), build(tf), args
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_transform_inside_compiled_function(name):
-    ours, theirs, args = _reference_and_ours(name)
+    ours, theirs, args = _case(name)
     expected = theirs(*args)
     assert_close(ours(*args), expected)
     compiled, counter = compile_once(ours)
@@ -182,10 +179,8 @@ def test_transform_inside_compiled_function(name):
 @pytest.mark.parametrize("name", ["vmap_in_dims", "grad", "jacrev", "hessian", "vmap_grad_grad"])
 def test_compiled_transformed_function(name):
     """torch.compile(vmap(grad(f))): the compiled function is our transformed function."""
-    build, args = CASES[name]
-    inner = build(fl)
-    # the case's own lambda wraps the transform; compile the transform object itself
-    transformed = {
+    ours, _, args = _case(name)
+    transformed = {  # the transformed function itself, made outside the compiled region
         "vmap_in_dims": fl.vmap(loss, (None, 0, 0)),
         "grad": fl.grad(scalar),
         "jacrev": fl.jacrev(vector),
@@ -193,7 +188,7 @@ def test_compiled_transformed_function(name):
         "vmap_grad_grad": fl.vmap(fl.grad(lambda x: fl.grad(scalar)(x).sum())),
     }[name]
     compiled, counter = compile_once(transformed)
-    assert_close(compiled(*args), inner(*args))
+    assert_close(compiled(*args), ours(*args))
     assert frames(counter) == 1
 
 
@@ -218,7 +213,8 @@ def test_a_new_batch_size_recompiles():
 
     compiled, counter = compile_once(step)
     for n in (6, 3, 6):
-        assert_close(compiled(P, X[:n], Y[:n]), tf.vmap(tf.grad(loss), (None, 0, 0))(P, X[:n], Y[:n]))
+        expected = tf.vmap(tf.grad(loss), (None, 0, 0))(P, X[:n], Y[:n])
+        assert_close(compiled(P, X[:n], Y[:n]), expected)
     assert frames(counter) == 2  # shapes are specialized (docs/limitations.md)
 
 
@@ -248,7 +244,7 @@ def test_backward_through_compiled_per_sample_grads(backend):
 
 @pytest.mark.parametrize("name", ["per_sample_grads", "hessian", "vjp", "jvp"])
 def test_inductor_matches_eager(name):
-    ours, theirs, args = _reference_and_ours(name)
+    ours, theirs, args = _case(name)
     compiled, counter = compile_once(ours, "inductor")
     assert_close(compiled(*args), theirs(*args))
     assert frames(counter) == 1
@@ -284,6 +280,22 @@ def test_randomness_modes_inside_compiled_function():
     assert frames(counter) == 1
     assert out.shape == (4, 3) and not torch.allclose(out[0], out[1])
     assert ((out >= 0) & (out < 1)).all()
+
+
+def test_randomness_under_nested_transforms():
+    def noisy_loss(x):
+        return (x * torch.rand(3)).sum()
+
+    b = torch.randn(4, 3)
+    same, counter = compile_once(lambda b: fl.vmap(fl.grad(noisy_loss), randomness="same")(b))
+    out = same(b)
+    assert frames(counter) == 1
+    assert_close(out, out[:1].expand(4, 3))  # the gradient is the noise: one draw for all
+    different, _ = compile_once(
+        lambda b: fl.vmap(fl.vmap(fl.grad(noisy_loss), randomness="different"),
+                          randomness="different")(b.expand(2, 4, 3)))
+    out = different(b)
+    assert out.shape == (2, 4, 3) and not torch.allclose(out[0], out[1])
 
 
 def test_randomness_error_is_the_vmap_error():
@@ -338,6 +350,7 @@ def test_transforms_of_a_compiled_function(backend):
     f_vector = torch.compile(vector, backend=backend)
     assert_close(fl.vmap(f_vector)(B), tf.vmap(vector)(B))
     assert_close(fl.grad(f_scalar)(V), tf.grad(scalar)(V))
+    assert_close(fl.grad_and_value(f_scalar)(V), tf.grad_and_value(scalar)(V))
     assert_close(fl.vmap(fl.grad(f_scalar))(B), tf.vmap(tf.grad(scalar))(B))
     assert_close(fl.jacrev(f_vector)(V), tf.jacrev(vector)(V))
     assert_close(fl.jacfwd(f_vector)(V), tf.jacfwd(vector)(V))
@@ -371,3 +384,28 @@ def test_compiled_function_in_a_compiled_transform():
     inner = torch.compile(scalar, backend="aot_eager")
     compiled = torch.compile(lambda b: fl.vmap(fl.grad(inner))(b), backend="aot_eager")
     assert_close(compiled(B), tf.vmap(tf.grad(scalar))(B))
+
+
+def test_both_routes_in_a_subprocess():
+    """The two routes once more in a fresh interpreter, so that a crash is a failed case."""
+    program = textwrap.dedent(
+        """
+        import torch, functorch_lite as fl
+        def loss(p, x):
+            return (torch.tanh(x @ p) ** 2).sum()
+        p, x = torch.randn(4, 3), torch.randn(6, 4)
+        expected = torch.func.vmap(torch.func.grad(loss), (None, 0))(p, x)
+        step = torch.compile(lambda p, x: fl.vmap(fl.grad(loss), (None, 0))(p, x),
+                             backend="aot_eager", fullgraph=True)
+        torch.testing.assert_close(step(p, x), expected)
+        compiled_loss = torch.compile(loss, backend="aot_eager")
+        torch.testing.assert_close(fl.vmap(fl.grad(compiled_loss), (None, 0))(p, x), expected)
+        print("ok")
+        """
+    )
+    root = pathlib.Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                            env=env, timeout=600)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", (
+        f"exit {result.returncode}\n--- program ---{program}--- stderr ---\n{result.stderr}")
