@@ -4,7 +4,6 @@ Run: python benchmarks/bench_torch_compile.py [--repeats N] [--models mlp,cnn,em
          [--backend inductor] [--threads 1]
 """
 import argparse
-import statistics
 import time
 
 import torch
@@ -14,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import functorch_lite
-from common import assert_trees_close, interleaved_median_seconds, progress, write_results
+from common import assert_trees_close, format_table, progress, timed_row, write_results
 
 # NOTE: [What bench_torch_compile measures]
 # Per-sample gradients of the cross-entropy loss w.r.t. the parameters, batch 64, for the models
@@ -24,15 +23,13 @@ from common import assert_trees_close, interleaved_median_seconds, progress, wri
 #   compile torch.func   the same step written with torch.func
 #   torch.func eager     torch.func's step, not compiled
 # Both compiled steps use fullgraph=True and the same backend. Compile time is the first call
-# (dynamo + AOTAutograd + backend), with dynamo reset and inductor's on-disk caches off so
-# neither variant reuses the other's work, after one unrelated compile that pays the backend's
+# (dynamo + AOTAutograd + backend), with inductor's on-disk caches off so neither variant
+# reuses the other's work, after one unrelated compile that pays the backend's
 # one-time start-up; the two compiles take turns going first from model to model. Steady state
-# is the median over --repeats rounds, the three variants taking turns in each round
-# (common.interleaved_median_seconds) so that load from other processes hits them alike. The
-# order within a round matters (a variant that runs right after one that freed 16 MB of
-# gradients gets its memory back warm), so the rounds are split evenly among the three
-# rotations of the order. The spread is the (min, max) over all rounds. Ratios are ours /
-# torch.func's compiled: below 1 means faster.
+# comes from common.timed_row (NOTE: [Timing that order cannot bias]): medians with
+# interquartile ranges, and the paired ratio ours / torch.func's compiled (below 1: faster).
+# The compiled code of the two is the same inductor output (same kernels, same buffers) on
+# these models; what differs is what dynamo traced to get there.
 
 BATCH = 64
 
@@ -96,10 +93,6 @@ def first_call_seconds(fn, args):
     return time.perf_counter() - start, out
 
 
-def spread(times):
-    return [round(min(times) * 1e3, 3), round(max(times) * 1e3, 3)]
-
-
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=20)
@@ -127,55 +120,26 @@ def main():
         order = list(compiled) if i % 2 == 0 else list(reversed(compiled))
         compile_s = {}
         expected = eager(*inputs)
+        torch._dynamo.reset()
         for label in order:
-            torch._dynamo.reset()
             progress(f"{name}: compiling {label}")
             compile_s[label], out = first_call_seconds(compiled[label], inputs)
             assert_trees_close(out, expected)
         variants = {label: (lambda f=f: f(*inputs)) for label, f in compiled.items()}
         variants["torch.func eager"] = lambda: eager(*inputs)
         progress(f"{name}: timing {args.repeats} rounds")
-        times = {label: [] for label in variants}
-
-        def recorded(label, fn):
-            warm = [False]  # the helper's warm-up round is not recorded
-
-            def run():
-                start = time.perf_counter()
-                fn()
-                if warm[0]:
-                    times[label].append(time.perf_counter() - start)
-                warm[0] = True
-
-            return run
-
-        labels = list(variants)
-        for shift in range(len(labels)):
-            rotated = labels[shift:] + labels[:shift]
-            interleaved_median_seconds(
-                {label: recorded(label, variants[label]) for label in rotated},
-                max(1, args.repeats // len(labels)), warmup=1,
-            )
-        medians = {label: statistics.median(t) for label, t in times.items()}
-        row = {"case": name, **medians}
-        row["compile ours s"] = compile_s["compile ours"]
-        row["compile torch.func s"] = compile_s["compile torch.func"]
-        row["steady ratio"] = medians["compile ours"] / medians["compile torch.func"]
+        row = timed_row(name, variants, args.repeats,
+                        ratios=(("compile ours", "compile torch.func"),))
+        row["compile s"] = compile_s
         row["compile ratio"] = compile_s["compile ours"] / compile_s["compile torch.func"]
-        row["spread ms"] = {label: spread(t) for label, t in times.items()}
         rows.append(row)
-        print(
-            f"{name:<6} steady ours {medians['compile ours'] * 1e3:8.2f} ms  torch.func "
-            f"{medians['compile torch.func'] * 1e3:8.2f} ms  eager torch.func "
-            f"{medians['torch.func eager'] * 1e3:8.2f} ms  ratio {row['steady ratio']:.3f} | "
-            f"compile ours {row['compile ours s']:6.1f} s  torch.func "
-            f"{row['compile torch.func s']:6.1f} s  ratio {row['compile ratio']:.3f}",
-            flush=True,
-        )
-    path, _ = write_results(
-        f"torch_compile_{args.backend}", rows,
-        ["compile ours", "compile torch.func", "torch.func eager"],
-    )
+        print(f"{name}: compile ours {compile_s['compile ours']:.1f} s, torch.func "
+              f"{compile_s['compile torch.func']:.1f} s, ratio {row['compile ratio']:.2f}",
+              flush=True)
+    columns = ["compile ours", "compile torch.func", "torch.func eager"]
+    table = format_table(rows, columns, "compile ours", "compile torch.func")
+    print(table)
+    path, _ = write_results(f"torch_compile_{args.backend}", rows, columns, output=table)
     print(f"wrote {path}")
 
 
