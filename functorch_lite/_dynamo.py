@@ -47,6 +47,7 @@ def transform(factory):
         def transformed(*call_args, **call_kwargs):
             return _run(eager, *call_args, **call_kwargs)
 
+        transformed.__wrapped__ = getattr(eager, "__wrapped__", eager)  # the user's function
         return transformed
 
     return make

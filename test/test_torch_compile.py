@@ -262,6 +262,17 @@ def test_inductor_hessian_of_prod():
     assert_close(compiled(V), tf.hessian(with_prod)(V))
 
 
+def test_functionalize_inside_compiled_function():
+    def step(b):
+        x = b.clone()
+        y = fl.functionalize(lambda t: t.add_(1).mul_(2))(x)
+        return x, y  # the mutation of x is applied back, as eagerly
+
+    compiled, counter = compile_once(step)
+    assert_close(compiled(B), step(B))
+    assert frames(counter) == 1
+
+
 # ---- randomness ----
 
 
