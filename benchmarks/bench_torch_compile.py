@@ -25,7 +25,10 @@ from common import assert_trees_close, format_table, progress, timed_row, write_
 # Both compiled steps use fullgraph=True and the same backend. Compile time is the first call
 # (dynamo + AOTAutograd + backend), with inductor's on-disk caches off so neither variant
 # reuses the other's work, after one unrelated compile that pays the backend's
-# one-time start-up; the two compiles take turns going first from model to model. Steady state
+# one-time start-up; the two compiles take turns going first from model to model (when both
+# produce the same kernels, the second reuses the first's compiled C++ kernels from inductor's
+# code cache, which the fx-graph-cache switch does not cover, so whichever goes second
+# compiles faster). Steady state
 # comes from common.timed_row (NOTE: [Timing that order cannot bias]): medians with
 # interquartile ranges, and the paired ratio ours / torch.func's compiled (below 1: faster).
 # The compiled code of the two is the same inductor output (same kernels, same buffers) on
