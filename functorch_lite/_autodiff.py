@@ -4,7 +4,7 @@ import functools
 import torch
 from torch.utils import _pytree as pytree
 
-from functorch_lite import _C, _custom_function
+from functorch_lite import _C, _custom_function, _dynamo
 
 _custom_function._install()  # autograd.Function inside transforms (NOTE in _custom_function.py)
 
@@ -157,6 +157,7 @@ def _check_scalar_output(output, api):
         )
 
 
+@_dynamo.transform
 def grad_and_value(func, argnums=0, has_aux=False):
     """Returns a function computing (gradient, value) of scalar `func` (as in functorch)."""
     return _grad_and_value(func, argnums, has_aux, "grad_and_value")
@@ -182,6 +183,7 @@ def _grad_and_value(func, argnums, has_aux, api_name):
     return wrapped
 
 
+@_dynamo.transform
 def grad(func, argnums=0, has_aux=False):
     """Returns a function computing the gradient of scalar `func` w.r.t. `argnums`."""
     inner = _grad_and_value(func, argnums, has_aux, "grad")
@@ -194,6 +196,7 @@ def grad(func, argnums=0, has_aux=False):
     return wrapped
 
 
+@_dynamo.direct(returns_function=True)
 def vjp(func, *primals, has_aux=False):
     """Returns (output, vjp_fn[, aux]) for `func` at `primals` (the vjp of functorch)."""
     return _vjp_with_argnums(func, primals, None, has_aux, f"vjp({_name(func)}, ...)", "vjp")

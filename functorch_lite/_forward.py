@@ -6,7 +6,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch.utils import _pytree as pytree
 
-from functorch_lite import _C
+from functorch_lite import _C, _dynamo
 from functorch_lite._autodiff import _name, _select_argnums, _split_aux, _unwrap_tree, _wrap_tree
 
 # NOTE: [One dual level for all jvp levels]
@@ -122,6 +122,7 @@ def _jvp_with_argnums(func, args, tangents, argnums, strict, has_aux, api, level
         return primals_out, tangents_out
 
 
+@_dynamo.direct
 def jvp(func, primals, tangents, *, strict=False, has_aux=False):
     """Returns (func(*primals), J @ tangents[, aux]): forward-mode AD (the jvp of functorch)."""
     api = f"jvp({_name(func)}, primals, tangents)"

@@ -7,6 +7,8 @@ import torch
 from torch import Tensor
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
+from functorch_lite import _dynamo
+
 # NOTE: [functionalize on torch's functionalization]
 # torch already knows how to remove mutations: a FunctionalTensorWrapper
 # (torch._to_functional_tensor) routes every op on it through the Functionalize dispatch
@@ -94,6 +96,7 @@ def _write_back_input_mutation(original: Tensor, wrapper: Tensor) -> None:
     original.copy_(new_value)
 
 
+@_dynamo.transform
 def functionalize(func: Callable[..., Any], *, remove: str = "mutations") -> Callable[..., Any]:
     """Returns a function that computes what ``func`` computes with its mutations removed.
 
@@ -113,6 +116,9 @@ def functionalize(func: Callable[..., Any], *, remove: str = "mutations") -> Cal
 
     @functools.wraps(func)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
+        if torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FUNCTIONAL) is not None:
+            # AOTAutograd (torch.compile) is tracing: its graph is functionalized already.
+            return func(*args, **kwargs)
         if _functionalization_is_enabled():
             # See NOTE: [Nested functionalize].
             keep_views = reapply_views and torch._C._functionalization_reapply_views_tls()

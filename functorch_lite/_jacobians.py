@@ -4,6 +4,7 @@ import functools
 import torch
 from torch.utils import _pytree as pytree
 
+from functorch_lite import _dynamo
 from functorch_lite._autodiff import _name, _select_argnums, _vjp_with_argnums
 from functorch_lite._forward import _jvp_with_argnums
 from functorch_lite._vmap import vmap
@@ -41,6 +42,7 @@ def _row_blocks(total, chunk_size):
     return [(start, min(step, total - start)) for start in range(0, total, max(step, 1))]
 
 
+@_dynamo.transform
 def jacrev(func, argnums=0, *, has_aux=False, chunk_size=None, _preallocate_and_copy=False):
     """Jacobian of `func` w.r.t. `argnums` by reverse mode: vmap of vjp_fn over basis vectors."""
     if not (chunk_size is None or (isinstance(chunk_size, int) and chunk_size > 0)):
@@ -107,6 +109,7 @@ def jacrev(func, argnums=0, *, has_aux=False, chunk_size=None, _preallocate_and_
     return wrapper
 
 
+@_dynamo.transform
 def jacfwd(func, argnums=0, has_aux=False, *, randomness="error"):
     """Jacobian of `func` w.r.t. `argnums` by forward mode: vmap of jvp over basis vectors."""
 
@@ -155,6 +158,7 @@ def jacfwd(func, argnums=0, has_aux=False, *, randomness="error"):
     return wrapper
 
 
+@_dynamo.transform
 def hessian(func, argnums=0):
     """Hessian of `func` w.r.t. `argnums`: forward-over-reverse, jacfwd(jacrev(func))."""
     return jacfwd(jacrev(func, argnums), argnums)

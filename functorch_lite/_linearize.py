@@ -5,7 +5,7 @@ from torch.fx.experimental import const_fold
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils import _pytree as pytree
 
-from functorch_lite import _C
+from functorch_lite import _C, _dynamo
 from functorch_lite._autodiff import _name
 from functorch_lite._forward import _check_tensors, _jvp_with_argnums
 
@@ -22,6 +22,7 @@ from functorch_lite._forward import _check_tensors, _jvp_with_argnums
 # vmap(jvp_fn) after two calls batches the linear map alone.
 
 
+@_dynamo.direct
 def linearize(func, *primals):
     """Returns (func(*primals), jvp_fn) where jvp_fn(*tangents) is J @ tangents at primals."""
     api = f"linearize({_name(func)}, *primals)"
@@ -45,6 +46,9 @@ class _LinearMap:
         )
 
     def __call__(self, *tangents):
+        return _dynamo._run(self._call, *tangents)  # NOTE: [torch.compile over our transforms]
+
+    def _call(self, *tangents):
         flat_tangents = self._check(tangents)
         self.calls += 1
         if self.graph is None and self.traceable and self.calls >= 2 and _C._layer_depth() == 0:

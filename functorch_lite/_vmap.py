@@ -4,7 +4,7 @@ import functools
 import torch
 from torch.utils import _pytree as pytree
 
-from functorch_lite import _C
+from functorch_lite import _C, _dynamo
 
 _RANDOMNESS = ("error", "different", "same")
 
@@ -185,9 +185,10 @@ def _chunked_call(func, in_dims, out_dims, randomness, chunk_size, args, kwargs)
     return pytree.tree_unflatten(joined, out_spec)
 
 
+@_dynamo.transform
 def vmap(func, in_dims=0, out_dims=0, randomness="error", *, chunk_size=None):
     """Vectorizes `func` over dimension `in_dims` of its inputs (the vmap of functorch)."""
-    name = getattr(func, "__name__", repr(func))
+    name = getattr(func, "__name__", None) or repr(func)  # repr only if needed: dynamo traces it
     if randomness not in _RANDOMNESS:
         raise RuntimeError(
             f"vmap({name}, randomness={randomness!r}): randomness must be one of "
