@@ -196,7 +196,7 @@ class TestVmapArguments(expecttest.TestCase):
     def test_random_operator_with_randomness_error(self):
         self.assertExpectedInline(
             message(lambda: ft.vmap(lambda x: x + torch.randn(()))(torch.randn(3))),
-            """vmap: called the random operator aten::randn inside a vmapped function with randomness='error' (the default). Pass randomness='different' (each sample draws its own values) or randomness='same' (one draw shared by the whole batch) to vmap, or draw the random values outside vmap.""",
+            """vmap: called random operation while in randomness error mode (the random operator aten::randn, with randomness='error', the default). Please either use the 'same' or 'different' randomness flags on vmap (randomness='different': each sample draws its own values; 'same': one draw shared by the whole batch) or perform the randomness operation out of vmap.""",
         )
 
 
