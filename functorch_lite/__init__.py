@@ -4,7 +4,7 @@
 """
 import torch  # noqa: F401  (loads libtorch before the extension)
 
-from functorch_lite import _C, _custom_ops, _repr  # noqa: F401
+from functorch_lite import _C, _custom_ops, _guards, _repr  # noqa: F401
 from functorch_lite._autodiff import grad, grad_and_value, vjp
 from functorch_lite._forward import jvp
 from functorch_lite._linearize import linearize
@@ -27,6 +27,7 @@ from functorch_lite._vmap import vmap
 # functorch re-exports torch's tracer under this name; it is a building block, not a transform
 from torch.fx.experimental.proxy_tensor import make_fx
 
+_guards.install()
 _repr.install()
 _custom_ops.install()  # NOTE: [Vmap rules registered from Python]
 
