@@ -256,3 +256,43 @@ def test_the_table_is_broad():
     apis = {i.split("-")[0].split("_and_")[0] for i, _, _ in ROWS}
     assert len(ROWS) >= 60
     assert {"vmap", "grad", "vjp", "jvp", "jacrev", "jacfwd", "hessian", "functional_call"} <= apis
+
+
+L = torch.linalg
+# linalg calls on per-sample shapes they refuse: under vmap, the unbatched call's error
+LINALG = {
+    "linalg.cholesky": L.cholesky, "cholesky": torch.cholesky, "linalg.det": L.det,
+    "det": torch.det, "linalg.inv": L.inv, "linalg.inv_ex": L.inv_ex, "linalg.slogdet": L.slogdet,
+    "logdet": torch.logdet, "linalg.eigh": L.eigh, "linalg.eigvalsh": L.eigvalsh,
+    "linalg.eig": L.eig, "linalg.eigvals": L.eigvals, "linalg.qr": L.qr, "linalg.svd": L.svd,
+    "linalg.svdvals": L.svdvals, "linalg.lu_factor": L.lu_factor, "linalg.lu": L.lu,
+    "linalg.pinv": L.pinv, "linalg.matrix_exp": L.matrix_exp,
+    "linalg.matrix_power": lambda x: L.matrix_power(x, 2), "linalg.matrix_rank": L.matrix_rank,
+    "linalg.cholesky_ex": L.cholesky_ex, "linalg.solve": lambda x: L.solve(x, x),
+    "linalg.solve_ex": lambda x: L.solve_ex(x, x), "linalg.ldl_factor": L.ldl_factor,
+    "linalg.householder_product": lambda x: L.householder_product(x, x[..., :1]),
+    "linalg.solve_triangular": lambda x: L.solve_triangular(x, x, upper=True),
+    "cholesky_inverse": torch.cholesky_inverse, "linalg.lstsq": lambda x: L.lstsq(x, x),
+    "trace": torch.trace, "linalg.cond": L.cond,
+}
+
+
+@pytest.mark.parametrize("shape", [(3,), (2, 3), (2, 3, 4)], ids=["1-D", "2x3", "2x3x4"])
+@pytest.mark.parametrize("name", sorted(LINALG))
+def test_linalg_invalid_shape_raises_the_unbatched_error(name, shape):
+    """Batched linalg on a per-sample shape the operator refuses: the unbatched call's error."""
+    op = LINALG[name]
+    unbatched = raised(lambda: op(torch.randn(*shape)))
+    batched = raised(lambda: ft.vmap(op)(torch.randn(4, *shape)))
+    assert _C._layer_depth() == 0
+    if unbatched is None:
+        assert batched is None, f"vmap raises {batched!r} where the unbatched call works"
+        return
+    assert batched is not None, f"vmap returns where the unbatched call raises {unbatched!r}"
+    assert type(batched) is type(unbatched)
+    first = str(batched).splitlines()[0]
+    if first != str(unbatched).splitlines()[0]:
+        # linalg.eigvals of a tensor that may need gradients is computed by linalg.eig, which
+        # then names itself; torch.func's error is the same
+        reference = raised(lambda: torch.func.vmap(op)(torch.randn(4, *shape)))
+        assert first == str(reference).splitlines()[0], f"\nunbatched: {unbatched}\nours: {batched}"
