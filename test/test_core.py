@@ -283,7 +283,7 @@ class TestErrorMessages(expecttest.TestCase):
             ft.vmap(lambda x: x.sum().item())(torch.randn(3, 2))
         self.assertExpectedInline(
             str(ctx.exception).splitlines()[0],
-            """vmap: It looks like you're calling .item() on a Tensor (or float(), int(), .tolist()): it was called on a batched tensor inside the vmapped function. Each sample has its own value, so there is no single Python number to return. Keep the computation in tensors instead.""",
+            """vmap: .item() (or float(), int(), .tolist()) was called on a batched tensor inside the vmapped function. It looks like you're calling .item() on a Tensor: each sample has its own value, so there is no single Python number to return. Keep the computation in tensors instead.""",
         )
 
     def test_inplace_on_captured_tensor_inside_grad(self):

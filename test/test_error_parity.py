@@ -109,7 +109,7 @@ ROWS = [
         lambda x: torch.bernoulli(x.sigmoid()), randomness="same")(r(2, 3)),
      "does not currently support same randomness with a batched tensor input"),
     ("vmap-item", lambda F: lambda: F.vmap(lambda x: x.sum().item())(r(2, 3)),
-     "vmap: It looks like you're calling .item() on a Tensor"),
+     "It looks like you're calling .item() on a Tensor"),
     ("vmap-data-dependent-if", lambda F: lambda: F.vmap(lambda x: x if x.sum() > 0 else -x)(
         r(2, 3)), "data-dependent control flow"),
     ("vmap-float", lambda F: lambda: F.vmap(lambda x: x * float(x.sum()))(r(2, 3)),

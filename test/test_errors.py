@@ -201,9 +201,10 @@ class TestVmapArguments(expecttest.TestCase):
 
 
 ITEM_MESSAGE = (
-    "vmap: It looks like you're calling .item() on a Tensor (or float(), int(), .tolist()): it "
-    "was called on a batched tensor inside the vmapped function. Each sample has its own value, "
-    "so there is no single Python number to return. Keep the computation in tensors instead."
+    "vmap: .item() (or float(), int(), .tolist()) was called on a batched tensor inside the "
+    "vmapped function. It looks like you're calling .item() on a Tensor: each sample has its own "
+    "value, so there is no single Python number to return. Keep the computation in tensors "
+    "instead."
 )
 
 
@@ -211,7 +212,7 @@ class TestVmapDataDependence(expecttest.TestCase):
     def test_item(self):
         self.assertExpectedInline(
             message(lambda: ft.vmap(lambda x: x.sum().item())(torch.randn(3, 2))),
-            """vmap: It looks like you're calling .item() on a Tensor (or float(), int(), .tolist()): it was called on a batched tensor inside the vmapped function. Each sample has its own value, so there is no single Python number to return. Keep the computation in tensors instead.""",
+            """vmap: .item() (or float(), int(), .tolist()) was called on a batched tensor inside the vmapped function. It looks like you're calling .item() on a Tensor: each sample has its own value, so there is no single Python number to return. Keep the computation in tensors instead.""",
         )
 
     def test_float(self):

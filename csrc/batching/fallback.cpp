@@ -34,9 +34,9 @@ std::string nameOf(const c10::OperatorHandle& op) {
 void checkDataDependent(const c10::OperatorHandle& op, const Layer& layer) {
   const auto& name = op.operator_name().name;
   if (name == "aten::_local_scalar_dense" || name == "aten::item") {
-    TORCH_CHECK(false, layer.api, ": It looks like you're calling .item() on a Tensor (or "
-        "float(), int(), .tolist()): it was called on a batched tensor inside the vmapped "
-        "function. Each sample has its own value, so there is no single Python number to return. "
+    TORCH_CHECK(false, layer.api, ": .item() (or float(), int(), .tolist()) was called on a "
+        "batched tensor inside the vmapped function. It looks like you're calling .item() on a "
+        "Tensor: each sample has its own value, so there is no single Python number to return. "
         "Keep the computation in tensors instead.");
   }
   if (name == "aten::is_nonzero" || name == "aten::equal") {

@@ -12,6 +12,7 @@ from torch._guards import detect_fake_mode
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
+from functorch_lite import _C
 from functorch_lite.compile._cache import CompileCache, leaf_key
 from functorch_lite.compile._compilers import count_compiled_graph, track_graph_compiling
 from functorch_lite.compile._partition import default_partition
@@ -37,6 +38,9 @@ from functorch_lite.compile._trace import (
 #    Otherwise: trace the forward only and compile it with inference_compiler.
 # 4. Cache the entry.
 # 5. Run it (NOTE: [The compiled autograd.Function]).
+# Inside a transform (a live vmap/grad/jvp level) fn runs as it is: the transform sees its
+# operators, so grad or vmap of a function that calls an aot-compiled function works; the
+# compiled graphs run on plain tensors only.
 
 
 # One compilation at a time in the process; reentrant, for aot_function called while tracing.
@@ -69,6 +73,8 @@ class _AOTFunction:
         self.cache = CompileCache()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if _C._layer_depth() > 0:
+            return self.fn(*args, **kwargs)
         leaves, in_spec, tensors = _flatten(args, kwargs)
         return self._entry(leaves, in_spec, tensors)(tensors)
 

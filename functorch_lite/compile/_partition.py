@@ -7,6 +7,7 @@ import torch
 import torch.fx as fx
 from torch.fx.experimental.symbolic_shapes import optimization_hint
 
+from functorch_lite.compile._cse import fx_graph_cse
 from functorch_lite.compile._mincut import INF, FlowNetwork
 
 # NOTE: [Partitioning the joint graph]
@@ -233,6 +234,8 @@ def min_cut_rematerialization_partition(
 ) -> tuple[fx.GraphModule, fx.GraphModule]:
     """Saves the cheapest set of values; see NOTE: [Rematerialization as a min cut]."""
     api = "min_cut_rematerialization_partition"
+    # see NOTE: [Common subexpressions in a joint graph]
+    joint_module = fx.GraphModule(joint_module, fx_graph_cse(joint_module.graph))
     joint = joint_module.graph
     nodes = [n for n in joint.nodes if n.op != "output"]
     fwd_outputs, bwd_outputs = _split_outputs(joint, num_fwd_outputs)
