@@ -96,7 +96,7 @@ class TestRandomnessErrors(expecttest.TestCase):
             ft.vmap(torch.sin, randomness="sometimes")
         self.assertExpectedInline(
             str(ctx.exception),
-            """vmap(sin, randomness='sometimes'): randomness must be one of 'error', 'different' or 'same'.""",
+            """vmap(sin, randomness='sometimes'): Only allowed values for randomness are 'error', 'different', or 'same'. Got sometimes""",
         )
 
     def test_different_inplace_into_unbatched(self):

@@ -156,11 +156,7 @@ def test_randomness_under_grad_matches_torch_func():
 
 
 @pytest.mark.parametrize("outer,inner", [
-    ("different", "different"), ("different", "same"), ("same", "same"),
-    pytest.param("same", "different", marks=pytest.mark.xfail(
-        strict=True, reason="an outer randomness='same' level sees the inner level's wrapper, "
-        "not its [B_inner, ...] physical tensor, so *_like operators draw one inner sample and "
-        "the inner 'different' is lost (docs/limitations.md)")),
+    ("different", "different"), ("different", "same"), ("same", "same"), ("same", "different"),
 ])
 def test_nested_vmap_matches_torch_func(outer, inner):
     def f(x):

@@ -32,7 +32,8 @@ namespace {
 //   sample); an operator with tensor arguments runs on batched tensors (an unbatched first
 //   tensor argument is expanded to the batch first), so every sample draws its own values.
 // - 'same': a factory operator runs as is; an in-place operator on a batched tensor draws one
-//   sample and copies it into every batch element; *_like operators draw one sample.
+//   sample and copies it into every batch element; *_like operators draw for one sample of
+//   this level (the first, with the batches of inner vmap levels kept; see firstSampleAt).
 // CompositeImplicitAutograd random operators decompose into the primitive ones handled here;
 // the dropout family alone has a kernel of its own (NOTE: [Dropout of an unbatched tensor]).
 //
@@ -71,6 +72,18 @@ bool batchedAt(at::Tensor t, const LayerPtr& layer) {
     }
   }
   return false;
+}
+
+// `t` without its batch dim at `layer` (its first sample there), keeping the wrappers of the
+// vmap levels inside `layer`: what one draw for the whole of `layer`'s batch is shaped like.
+// nullopt when `t` is not batched at `layer` under vmap wrappers only.
+std::optional<at::Tensor> firstSampleAt(const at::Tensor& t, const LayerPtr& layer) {
+  auto* b = asBatched(t);
+  if (b == nullptr) return std::nullopt;
+  if (b->layer() == layer) return b->value().select(b->bdim(), 0);
+  std::optional<at::Tensor> inner = firstSampleAt(b->value(), layer);
+  if (!inner) return std::nullopt;
+  return makeBatched(*inner, b->bdim(), b->layer());
 }
 
 std::string nameOf(const c10::OperatorHandle& op) {
@@ -158,7 +171,9 @@ void randomnessKernel(const c10::OperatorHandle& op, c10::DispatchKeySet, torch:
   if (!any_batched) return op.callBoxed(stack);
   if (like && !inplace) {
     const at::Tensor self = (*stack)[begin].toTensor();
-    (*stack)[begin] = at::empty(self.sizes(), self.options().device(self.device()));
+    std::optional<at::Tensor> sample = firstSampleAt(self, layer);
+    (*stack)[begin] = sample ? *sample
+                             : at::empty(self.sizes(), self.options().device(self.device()));
     return op.callBoxed(stack);
   }
   if (inplace) {
