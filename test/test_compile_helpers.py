@@ -150,8 +150,10 @@ def test_grad_through_an_aot_compiled_function():
     x = torch.randn(3)
     torch.testing.assert_close(ft.grad(loss)(x), torch.func.grad(plain)(x))
     xs = torch.randn(4, 3)
-    torch.testing.assert_close(ft.vmap(ft.grad(loss))(xs), torch.func.vmap(torch.func.grad(plain))(xs))
-    torch.testing.assert_close(ft.jacrev(compiled)(x), torch.func.jacrev(lambda x: x.sin().exp())(x))
+    torch.testing.assert_close(ft.vmap(ft.grad(loss))(xs),
+                               torch.func.vmap(torch.func.grad(plain))(xs))
+    torch.testing.assert_close(ft.jacrev(compiled)(x),
+                               torch.func.jacrev(lambda x: x.sin().exp())(x))
     # and outside transforms, torch.autograd differentiates the compiled function
     x_ = x.clone().requires_grad_()
     compiled(x_).sum().backward()

@@ -41,7 +41,8 @@ class Lin(nn.Module):
 ROWS = [
     # vmap: in_dims
     ("vmap-in_dims-list", lambda F: lambda: F.vmap(add, in_dims=[0, 0])(r(3), r(3)),
-     "expected `in_dims` to be int or a (potentially nested) tuple matching the structure of inputs"),
+     "expected `in_dims` to be int or a (potentially nested) tuple matching the structure of "
+     "inputs"),
     ("vmap-in_dims-float", lambda F: lambda: F.vmap(add, in_dims=(0, 1.0))(r(3), r(3)),
      "in_dim must be either an integer dimension or None"),
     ("vmap-in_dims-short", lambda F: lambda: F.vmap(add, in_dims=(0,))(r(3), r(3)),
@@ -73,7 +74,8 @@ ROWS = [
     ("vmap-sizes-in-dims", lambda F: lambda: F.vmap(add, in_dims=(0, 1))(r(3), r(3, 4)),
      "Expected all tensors to have the same size in the mapped dimension"),
     ("vmap-sizes-pytree", lambda F: lambda: F.vmap(lambda d: d["x"] + d["y"])(
-        {"x": r(2), "y": r(3)}), "Expected all tensors to have the same size in the mapped dimension"),
+        {"x": r(2), "y": r(3)}),
+     "Expected all tensors to have the same size in the mapped dimension"),
     # vmap: outputs
     ("vmap-output-float", lambda F: lambda: F.vmap(lambda x: 3.14)(r(3)),
      "must only return Tensors, got type <class 'float'>"),
@@ -248,7 +250,8 @@ def test_error_keeps_torch_func_phrase(build, phrase):
     ours = raised(build(ft))
     assert _C._layer_depth() == 0, "a level was left behind"
     assert ours is not None, f"we raise nothing where torch.func raises {ref!r}"
-    assert isinstance(ours, type(ref)), f"we raise {type(ours).__name__}, torch.func {type(ref).__name__}"
+    assert isinstance(ours, type(ref)), (
+        f"we raise {type(ours).__name__}, torch.func {type(ref).__name__}")
     assert phrase in str(ours), f"\ntorch.func: {ref}\nours:       {ours}"
 
 

@@ -98,7 +98,8 @@ def outcome(call):
     return None
 
 
-@pytest.mark.parametrize("build,phrase", [(b, p) for _, b, p in CASES], ids=[i for i, _, _ in CASES])
+@pytest.mark.parametrize("build,phrase", [(b, p) for _, b, p in CASES],
+                         ids=[i for i, _, _ in CASES])
 def test_guard_matches_torch_func(build, phrase):
     ref = outcome(build(torch.func))
     if phrase is None:

@@ -40,11 +40,11 @@ namespace {
 // NOTE: [Random values are drawn in batch-front order]
 // A generator hands out its numbers in the order the kernel fills the tensor, so a seeded vmap
 // reproduces one unbatched call over the batched shape [B, ...] only when every random call sees
-// that physical tensor: the batch dim in front. So factory
-// operators prepend the batch size, and below the mode key random operators on batched tensors
-// get every batched argument with its batch dim moved to the front (in-place ones fill that
-// view), their output batched at 0. With the same seed or generator, vmap(f,
-// randomness='different') then returns what f returns for the whole batch at once.
+// that physical tensor: the batch dim in front. So factory operators prepend the batch size, and
+// below the mode key random operators on batched tensors get every batched argument with its
+// batch dim moved to the front (in-place ones fill that view), their output batched at 0. With
+// the same seed or generator, vmap(f, randomness='different') then returns what f returns for
+// the whole batch at once.
 thread_local int64_t ceiling_ = std::numeric_limits<int64_t>::max();
 
 struct CeilingGuard {
@@ -120,7 +120,8 @@ void differentFactory(const c10::OperatorHandle& op, torch::jit::Stack* stack,
   torch::jit::push(*stack, makeBatched(at::stack(samples), 0, layer));
 }
 
-void randomnessKernel(const c10::OperatorHandle& op, c10::DispatchKeySet, torch::jit::Stack* stack) {
+void randomnessKernel(const c10::OperatorHandle& op, c10::DispatchKeySet,
+                      torch::jit::Stack* stack) {
   const LayerPtr layer = innermostVmapBelowCeiling();
   if (!layer) return callBelowMode(op, stack);
   CeilingGuard guard(layer->level);
@@ -142,8 +143,8 @@ void randomnessKernel(const c10::OperatorHandle& op, c10::DispatchKeySet, torch:
     });
   }
   const bool inplace = !args.empty() && writesArgument(op, 0);
-  const bool like = op.operator_name().name.size() > 5 &&
-                    op.operator_name().name.compare(op.operator_name().name.size() - 5, 5, "_like") == 0;
+  const std::string& base = op.operator_name().name;
+  const bool like = base.size() > 5 && base.compare(base.size() - 5, 5, "_like") == 0;
 
   if (layer->randomness == Randomness::Different) {
     if (!has_tensor) return differentFactory(op, stack, layer, begin);
@@ -180,10 +181,12 @@ void randomnessKernel(const c10::OperatorHandle& op, c10::DispatchKeySet, torch:
     const at::Tensor self = (*stack)[begin].toTensor();
     bool others_batched = false;
     for (size_t i = begin + 1; i < stack->size(); ++i) {
-      forEachTensor((*stack)[i], [&](const at::Tensor& t) { others_batched |= batchedAt(t, layer); });
+      forEachTensor((*stack)[i],
+                    [&](const at::Tensor& t) { others_batched |= batchedAt(t, layer); });
     }
     if (!others_batched) {
-      at::Tensor sample = at::empty(self.sizes(), at::TensorOptions(self.scalar_type()).device(self.device()));
+      const auto options = at::TensorOptions(self.scalar_type()).device(self.device());
+      at::Tensor sample = at::empty(self.sizes(), options);
       (*stack)[begin] = sample;
       op.callBoxed(stack);
       torch::jit::drop(*stack, op.schema().returns().size());
@@ -242,15 +245,19 @@ const RuleTable kRandomPointwise({
 });
 
 // NOTE: [Dropout of an unbatched tensor]
-// dropout(x) decomposes into an in-place bernoulli_ on a tensor like x; when x is not batched,
-// under randomness='different' that in-place draw would be refused (one mask cannot hold a
-// different draw per sample). The dropout family instead expands an unbatched input over the innermost vmap layer first, so every sample gets its own mask: the values are
-// those of dropout over the expanded [B, ...] input. A batched input has its batch dim moved to
-// the front, so the mask is drawn in batch-front order (NOTE: [Random values are drawn in
-// batch-front order]); dropout itself draws its mask as a contiguous [B, ...] tensor, also
-// when the input is wrapped by an inner grad level. The other operators continue below the mode key (their
-// CompositeImplicitAutograd decomposition), whose pieces dispatch as usual.
-void dropoutKernel(const c10::OperatorHandle& op, c10::DispatchKeySet ks, torch::jit::Stack* stack) {
+// dropout(x) decomposes into an in-place bernoulli_ on a tensor like x. Under
+// randomness='different' that is wrong twice: for an unbatched x the in-place draw would be
+// refused (one mask cannot hold a draw per sample), and for a batched x the mask would be drawn
+// in the physical layout of x rather than batch-front (NOTE: [Random values are drawn in
+// batch-front order]). So at the mode key, under an innermost vmap level with 'different':
+// - dropout draws its mask itself, as a contiguous [B, ...] tensor batched at that level (also
+//   when x is unbatched, or wrapped by an inner grad level), and returns x * mask / (1 - p);
+// - feature_dropout, alpha_dropout and feature_alpha_dropout get x with its batch dim in front,
+//   contiguous (an unbatched x expanded over the batch first), then continue below the mode key
+//   (their CompositeImplicitAutograd decomposition), whose pieces dispatch as usual.
+// Every sample gets its own mask: the values of the same call over the [B, ...] input.
+void dropoutKernel(const c10::OperatorHandle& op, c10::DispatchKeySet ks,
+                   torch::jit::Stack* stack) {
   const auto& args = op.schema().arguments();
   const size_t begin = stack->size() - args.size();
   const LayerPtr layer = innermostVmapBelowCeiling();
@@ -266,17 +273,18 @@ void dropoutKernel(const c10::OperatorHandle& op, c10::DispatchKeySet ks, torch:
     // the mask is a contiguous [B, ...] draw, batch dim in front, whatever the input's layout
     bool batched_elsewhere = false;
     for (const auto& other : layerStack()) {
-      batched_elsewhere |= other != layer && other->kind == LayerKind::Vmap && batchedAt(input, other);
+      batched_elsewhere |=
+          other != layer && other->kind == LayerKind::Vmap && batchedAt(input, other);
     }
     at::Tensor noise;
     if (batched_elsewhere) {  // batched at the enclosing vmap levels too, like the input
       noise = at::empty_like(input, at::MemoryFormat::Contiguous);
     } else {
-      c10::impl::ExcludeDispatchKeyGuard no_mode(kModeKey);  // a plain tensor, not made at grad levels
+      c10::impl::ExcludeDispatchKeyGuard no_mode(kModeKey);  // plain, not made at grad levels
       auto sizes = input.sizes().vec();
       sizes.insert(sizes.begin(), layer->batch_size);
-      noise = makeBatched(
-          at::empty(sizes, at::TensorOptions(input.scalar_type()).device(input.device())), 0, layer);
+      const auto options = at::TensorOptions(input.scalar_type()).device(input.device());
+      noise = makeBatched(at::empty(sizes, options), 0, layer);
     }
     noise.bernoulli_(1 - p).div_(1 - p);
     torch::jit::drop(*stack, args.size());

@@ -40,7 +40,9 @@ def _key(value: Any) -> Optional[Any]:
         return None if any(p is None for p in parts) else (type(value).__name__, tuple(parts))
     if isinstance(value, dict):
         parts = [(k, _key(v)) for k, v in value.items()]
-        return None if any(p is None for _, p in parts) else ("dict", tuple(sorted(parts, key=repr)))
+        if any(p is None for _, p in parts):
+            return None
+        return ("dict", tuple(sorted(parts, key=repr)))
     if isinstance(value, slice):
         return ("slice", _key(value.start), _key(value.stop), _key(value.step))
     if isinstance(value, torch.Tensor):
