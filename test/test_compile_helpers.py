@@ -173,3 +173,35 @@ def test_num_of_recompilations_and_clear_compile_cache():
     assert num_of_recompilations() == 0
     g(torch.randn(3))
     assert num_of_recompilations() == 1
+
+
+LINALG_CHECKED = {
+    "inv": torch.linalg.inv,
+    "solve": lambda a: torch.linalg.solve(a, a.sum(0)),
+    "cholesky": lambda a: torch.linalg.cholesky(a @ a.mT),
+    "inv_then_more": lambda a: torch.linalg.inv(a).sin() @ a,
+}
+
+
+@pytest.mark.parametrize("partition", [default_partition, min_cut_rematerialization_partition],
+                         ids=["default", "min_cut"])
+@pytest.mark.parametrize("name", sorted(LINALG_CHECKED))
+def test_aot_function_of_ops_with_effectful_error_checks(name, partition):
+    f = LINALG_CHECKED[name]
+    g = aot_function(f, nop, nop, partition_fn=partition)
+    base = torch.randn(4, 4) + 4 * torch.eye(4)
+    a = base.clone().requires_grad_()
+    out = g(a)
+    out.sum().backward()
+    a_ref = base.clone().requires_grad_()
+    f(a_ref).sum().backward()
+    torch.testing.assert_close(out, f(base))
+    torch.testing.assert_close(a.grad, a_ref.grad)
+    # the error check runs in the compiled forward, with and without grad
+    singular = torch.zeros(4, 4)
+    with pytest.raises(RuntimeError) as eager:
+        f(singular)
+    for x in (singular.clone().requires_grad_(), singular):
+        with pytest.raises(RuntimeError) as compiled:
+            g(x)
+        assert str(compiled.value) == str(eager.value)

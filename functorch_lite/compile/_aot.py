@@ -15,6 +15,7 @@ from torch.fx.experimental.symbolic_shapes import ShapeEnv
 from functorch_lite import _C
 from functorch_lite.compile._cache import CompileCache, leaf_key
 from functorch_lite.compile._compilers import count_compiled_graph, track_graph_compiling
+from functorch_lite.compile._effects import RecordChecks
 from functorch_lite.compile._partition import default_partition
 from functorch_lite.compile._runtime import CompiledGraphs
 from functorch_lite.compile._trace import (
@@ -186,7 +187,7 @@ def _compile(
         disable_fn_metadata_mode=config.disable_fn_metadata_mode,
     )
     input_names = _tensor_input_names(leaves, in_spec, config.input_name)
-    with fake_mode:
+    with fake_mode, RecordChecks():  # NOTE: [Error checks in traced graphs]
         meta = collect_metadata(
             config.api,
             flat_fn,
