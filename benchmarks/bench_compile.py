@@ -4,7 +4,6 @@ Run: python benchmarks/bench_compile.py [--threads 1] [--cold] [--transforms tor
 """
 
 import argparse
-import statistics
 import time
 
 import torch
@@ -12,7 +11,7 @@ import torch.func
 import torch.nn.functional as F
 
 import functorch_lite
-from common import assert_trees_close, progress, write_results
+from common import assert_trees_close, progress, ratio_text, timed_row, write_results
 from functorch_lite.compile import aot_function, inductor_compile, nop, set_memory_pool_enabled
 
 # NOTE: [What bench_compile measures]
@@ -68,18 +67,6 @@ MODELS = {
 }
 
 
-def interleaved_medians_s(variants, args, warmup, repeats):
-    """Median seconds per variant; the variants take turns, so changes in load hit all alike."""
-    times = {label: [] for label in variants}
-    for round_ in range(warmup + repeats):
-        for label, fn in variants.items():
-            start = time.perf_counter()
-            fn(*args)
-            if round_ >= warmup:
-                times[label].append(time.perf_counter() - start)
-    return {label: statistics.median(t) for label, t in times.items()}
-
-
 def without_pool(fn):
     def call(*args):
         set_memory_pool_enabled(False)
@@ -100,14 +87,17 @@ def first_call_s(fn, args):
 def print_ratio_table(rows, columns):
     """Median times, speedups over torch.func eager (above 1: faster), compile times."""
     compiled = columns[1:]
-    titles = [f"{c} ms" for c in columns] + [f"speedup {c}" for c in compiled]
-    titles += [f"compile {c} s" for c in compiled]
-    print(f"{'case':<28}" + "".join(f"{t:>{len(t) + 3}}" for t in titles))
     for r in rows:
-        values = [r[c] * 1e3 for c in columns] + [r[columns[0]] / r[c] for c in compiled]
-        values += [r[f"{c} compile s"] for c in compiled]
-        print(f"{r['case']:<28}" + "".join(f"{v:>{len(t) + 3}.2f}" for t, v in zip(titles, values)))
-    print(f"speedup = {columns[0]} time / compiled time (above 1.0: the compiled one is faster)")
+        print(f"{r['case']}")
+        for c in columns:
+            low, high = r["spread"][c]
+            line = f"  {c:<20}{r[c] * 1e3:>9.2f} ms ({low * 1e3:.2f}-{high * 1e3:.2f})"
+            if c in compiled:
+                line += f"  speedup {ratio_text(r['ratios'][f'{columns[0]} / {c}'])}"
+                line += f"  compile {r[f'{c} compile s']:.2f} s"
+            print(line)
+    print(f"median (interquartile range); speedup = {columns[0]} time / compiled time per "
+          "round, median (interquartile range), above 1.0: the compiled one is faster")
 
 
 def main():
@@ -172,7 +162,8 @@ def main():
                 variants["inductor no pool"] = without_pool(compiled)
                 row["inductor no pool compile s"] = row[f"{label} compile s"]
         progress(f"[{case}] timing")
-        row.update(interleaved_medians_s(variants, inputs, args.warmup, args.repeats))
+        ratios = [("torch.func eager", label) for label in variants if label != "torch.func eager"]
+        row.update(timed_row(case, variants, args.repeats, args.warmup, inputs, ratios))
         rows.append(row)
 
     print_ratio_table(rows, columns)

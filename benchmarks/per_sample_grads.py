@@ -1,9 +1,11 @@
 """Per-sample gradients: functorch_lite vs torch.func vs a per-example loop, in one process.
 
 Models (batch 64): an MLP 784-512-256-10, the classic MNIST CNN, and a small embedding +
-layer-norm model. Opacus joins the comparison when it is installed (`pip install opacus`). Each is checked for agreement before it is timed; the three variants take
-turns, so that load from other processes hits them alike. Run:
-    python benchmarks/per_sample_grads.py [--repeats N] [--models mlp,cnn,embed]
+layer-norm model. Opacus joins the comparison when it is installed (`pip install opacus`).
+Each is checked for agreement before it is timed; the variants take turns in a new order every
+round, each timed right after an untimed call of itself (NOTE: [Timing that order cannot bias]
+in common.py). `--repeats 2` is a quick smoke run. Run:
+    python benchmarks/per_sample_grads.py [--repeats N] [--models mlp,cnn,embed] [--seed N]
 """
 import argparse
 import warnings
@@ -13,13 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import functorch_lite
-from common import (
-    assert_trees_close,
-    interleaved_median_seconds,
-    print_table,
-    progress,
-    write_results,
-)
+from common import assert_trees_close, format_table, progress, timed_row, write_results
 
 BATCH = 64
 
@@ -112,6 +108,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--models", default="mlp,cnn,embed")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the order of the variants")
     args = parser.parse_args()
     warnings.simplefilter("ignore")  # fallback performance warnings would clutter the table
 
@@ -131,13 +128,14 @@ def main():
             assert_trees_close(ours(), hooks())
             variants["opacus"] = hooks
         progress(f"[{name}] timing {', '.join(variants)}, taking turns")
-        rows.append({"case": name, **interleaved_median_seconds(variants, args.repeats)})
+        rows.append(timed_row(name, variants, args.repeats, seed=args.seed))
 
     columns = [c for c in ("functorch_lite", "torch.func", "loop", "opacus") if c in rows[0]]
-    print(f"\nper-sample gradients, batch {BATCH}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, median of {args.repeats}\n")
-    print_table(rows, columns, "functorch_lite", "torch.func")
-    json_path, png = write_results("per_sample_grads", rows, columns)
+    output = (f"per-sample gradients, batch {BATCH}, torch {torch.__version__}, "
+              f"{torch.get_num_threads()} threads, {args.repeats} rounds\n\n"
+              + format_table(rows, columns, "functorch_lite", "torch.func"))
+    print("\n" + output)
+    json_path, png = write_results("per_sample_grads", rows, columns, output=output)
     print(f"\nwrote {json_path}" + (f" and {png}" if png else ""))
 
 
