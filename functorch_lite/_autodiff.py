@@ -68,7 +68,7 @@ def _check_argnums(argnums, num_args, api):
         if not -num_args <= n < num_args:
             raise RuntimeError(
                 f"{api}: Got argnum={n}, but only {num_args} positional inputs (argnums="
-                f"{argnums}); the function was called with {num_args} positional argument(s)."
+                f"{argnums!r})."
             )
     normalized = tuple(n % num_args for n in nums)
     if len(set(normalized)) != len(normalized):
