@@ -13,7 +13,7 @@ if _C._built_torch_release != ".".join(torch.__version__.split(".")[:2]):
         f"`pip install --no-build-isolation .`)"
     )
 
-from functorch_lite import _custom_ops, _repr  # noqa: E402, F401
+from functorch_lite import _custom_ops, _guards, _repr  # noqa: E402, F401
 from functorch_lite._autodiff import grad, grad_and_value, vjp
 from functorch_lite._forward import jvp
 from functorch_lite._linearize import linearize
@@ -37,6 +37,7 @@ from functorch_lite import dp  # DP-SGD building blocks: functorch_lite.dp.<name
 # functorch re-exports torch's tracer under this name; it is a building block, not a transform
 from torch.fx.experimental.proxy_tensor import make_fx
 
+_guards.install()
 _repr.install()
 _custom_ops.install()  # NOTE: [Vmap rules registered from Python]
 

@@ -5,6 +5,7 @@ import torch
 from torch.utils import _pytree as pytree
 
 from functorch_lite import _C, _custom_function, _dynamo
+from functorch_lite._guards import plain_requires_grad_
 
 _custom_function._install()  # autograd.Function inside transforms (NOTE in _custom_function.py)
 
@@ -29,17 +30,17 @@ def _make_differentiable(tree, api):
     def mark(t):
         if not isinstance(t, torch.Tensor):
             raise ValueError(
-                f"{api}: can only differentiate with respect to Tensors (or pytrees of Tensors), "
-                f"got an input of type {type(t).__name__}. Leave it out of argnums, or close "
-                f"over it in the function."
+                f"{api}: Thing passed to transform API must be Tensor, got {type(t)}. Only "
+                f"Tensors (or pytrees of Tensors) can be differentiated: leave it out of "
+                f"argnums, or close over it in the function."
             )
         if not (t.is_floating_point() or t.is_complex()):
-            raise ValueError(
-                f"{api}: only floating point or complex inputs can be differentiated, got an "
-                f"input of dtype {t.dtype}. Convert it first (e.g. x.float()), or leave it out "
-                f"of argnums."
+            raise RuntimeError(
+                f"{api}: only Tensors of floating point dtype can require gradients (or complex "
+                f"ones), got an input of dtype {t.dtype}. Convert it first (e.g. x.float()), or "
+                f"leave it out of argnums."
             )
-        return t.requires_grad_()
+        return plain_requires_grad_(t)
 
     return pytree.tree_map(mark, tree)
 
@@ -54,19 +55,24 @@ def _check_argnums(argnums, num_args, api):
     nums = argnums if isinstance(argnums, tuple) else (argnums,)
     if isinstance(argnums, tuple) and len(argnums) == 0:
         raise RuntimeError(f"{api}: argnums must be non-empty.")
+    if not isinstance(argnums, (int, tuple)) or isinstance(argnums, bool):
+        raise RuntimeError(
+            f"{api}: argnums must be int or Tuple[int, ...], got: {type(argnums)}."
+        )
     for n in nums:
         if not isinstance(n, int) or isinstance(n, bool):
             raise RuntimeError(
-                f"{api}: argnums must be an int or a tuple of ints, got {type(n).__name__}."
+                f"{api}: argnum must be int, got: {type(n)} (argnums must be int or "
+                f"Tuple[int, ...])."
             )
         if not -num_args <= n < num_args:
             raise RuntimeError(
-                f"{api}: got argnums={argnums} but the function was called with {num_args} "
-                f"positional argument(s)."
+                f"{api}: Got argnum={n}, but only {num_args} positional inputs (argnums="
+                f"{argnums!r})."
             )
     normalized = tuple(n % num_args for n in nums)
     if len(set(normalized)) != len(normalized):
-        raise RuntimeError(f"{api}: argnums must be unique, got {argnums}.")
+        raise RuntimeError(f"{api}: argnums elements must be unique, got {argnums}.")
     return normalized
 
 
@@ -95,8 +101,8 @@ def _split_aux(output, has_aux, api):
         return output, None
     if not (isinstance(output, tuple) and len(output) == 2):
         raise RuntimeError(
-            f"{api}: with has_aux=True the function must return a tuple (output, aux), got "
-            f"{type(output).__name__}"
+            f"{api}: output of function f should be a tuple: (output, aux) if has_aux is True; "
+            f"got {type(output).__name__}"
             + (f" of length {len(output)}" if isinstance(output, tuple) else "")
             + "."
         )
@@ -136,13 +142,13 @@ def _strip(t):
 def _check_scalar_output(output, api):
     if not isinstance(output, torch.Tensor):
         raise RuntimeError(
-            f"{api}: expected the function to return a Tensor, got {type(output).__name__}."
+            f"{api}: Expected f(*args) to return a Tensor, got {type(output)}."
         )
     if output.dim() != 0:
         raise RuntimeError(
-            f"{api}: expected the function to return a scalar (0-dim) Tensor, got a "
-            f"Tensor of shape {tuple(output.shape)}. Use vjp or jacrev for non-scalar "
-            f"outputs."
+            f"{api}: Expected f(*args) to return a scalar Tensor, got tensor with "
+            f"{output.dim()} dims (shape {tuple(output.shape)}). Maybe you wanted to use the "
+            f"vjp or jacrev APIs instead?"
         )
     if not (output.is_floating_point() or output.is_complex()):
         raise RuntimeError(
@@ -216,9 +222,14 @@ def _vjp_with_argnums(func, args, argnums, has_aux, api, level_api):
         for o in flat_out:
             if not isinstance(o, torch.Tensor):
                 raise RuntimeError(
-                    f"{api}: expected the function to return Tensors (or pytrees of them), got "
-                    f"{type(o).__name__}."
+                    f"{api}: expected f(*primals) to return only tensors, got unsupported type "
+                    f"{type(o)}."
                 )
+        if not flat_out:
+            raise RuntimeError(
+                f"{api}: Expected f to be a function that has non-empty output (got output = "
+                f"{output!r})."
+            )
         primal_out = _unwrap_tree(output, level)
         aux = _unwrap_tree(aux, level)
 
@@ -231,14 +242,15 @@ def _vjp_with_argnums(func, args, argnums, has_aux, api, level_api):
         flat_ct, ct_spec = pytree.tree_flatten(cotangents)
         if ct_spec != out_spec:
             raise RuntimeError(
-                f"{api}: expected the cotangents passed to vjp_fn to have the same structure as "
-                f"the outputs ({out_spec}), got {ct_spec}."
+                f"{api}: Expected pytree structure of cotangents to be the same as pytree "
+                f"structure of outputs to the function. cotangents: {ct_spec}, primal output: "
+                f"{out_spec}."
             )
         for o, c in zip(flat_out, flat_ct):
             if o.shape != c.shape:
                 raise RuntimeError(
-                    f"{api}: mismatch in shape: the output has shape {tuple(o.shape)} but the "
-                    f"cotangent has shape {tuple(c.shape)}."
+                    f"{api}: Mismatch in shape: the cotangent has a shape of {c.shape} and the "
+                    f"output has a shape of {o.shape}."
                 )
         if create_graph is None:
             create_graph = torch.is_grad_enabled()

@@ -37,11 +37,18 @@ def _outermost_dual_level():
 
 def _check_tensors(flat, api, what):
     if len(flat) == 0:
-        raise RuntimeError(f"{api}: expected {what} to contain at least one Tensor.")
+        raise RuntimeError(f"{api}: Expected {what} to contain at least one Tensor.")
+    for t in flat:
+        if not isinstance(t, torch.Tensor):
+            raise RuntimeError(f"{api}: Expected {what} to only contain Tensors, got {type(t)}.")
+
+
+def _check_outputs(flat, api):
     for t in flat:
         if not isinstance(t, torch.Tensor):
             raise RuntimeError(
-                f"{api}: expected {what} to contain only Tensors, got {type(t).__name__}."
+                f"{api}: expected f(*primals) to return only tensors, got unsupported type "
+                f"{type(t)}."
             )
 
 
@@ -54,8 +61,10 @@ def _check_tangents(flat_primals, flat_tangents, api):
             )
         if p.shape != t.shape:
             raise RuntimeError(
-                f"{api}: tangent {i} has shape {tuple(t.shape)} but its primal has shape "
-                f"{tuple(p.shape)}; each tangent must have the shape of its primal."
+                f"{api}: Trying to set a forward gradient that has a different size than that "
+                f"of the original Tensor, this is not supported: tangent {i} has shape "
+                f"{tuple(t.shape)} but its primal has shape {tuple(p.shape)}; each tangent must "
+                f"have the shape of its primal."
             )
         if not (t.is_floating_point() or t.is_complex()):
             raise RuntimeError(
@@ -89,16 +98,17 @@ def _jvp_with_argnums(func, args, tangents, argnums, strict, has_aux, api, level
     """jvp of `func` w.r.t. the arguments picked by argnums (None: all of them)."""
     if not isinstance(args, tuple):
         raise RuntimeError(
-            f"{api}: expected primals to be a tuple, so that the function can be called as "
-            f"func(*primals); got {type(args).__name__}."
+            f"{api}: Expected primals to be a tuple. E.g. it should be valid to call "
+            f"f(*primals); got {type(args).__name__}."
         )
     selected, _ = _select_argnums(args, argnums, api)
     flat_primals, primals_spec = pytree.tree_flatten(selected)
     flat_tangents, tangents_spec = pytree.tree_flatten(tangents)
     if primals_spec != tangents_spec:
         raise RuntimeError(
-            f"{api}: expected primals and tangents to have the same structure, got primals "
-            f"{primals_spec} and tangents {tangents_spec}."
+            f"{api}: Expected primals and tangents to have the same python structure. For "
+            f"example, if primals is a tuple of 3 tensors, tangents also must be. Got primals "
+            f"with structure {primals_spec} and tangents with structure {tangents_spec}."
         )
     _check_tensors(flat_primals, api, "primals")
     _check_tensors(flat_tangents, api, "tangents")
@@ -111,7 +121,7 @@ def _jvp_with_argnums(func, args, tangents, argnums, strict, has_aux, api, level
         result = func(*rebuild(pytree.tree_unflatten(duals, diff_spec)))
         output, aux = _split_aux(result, has_aux, api)
         flat_out, out_spec = pytree.tree_flatten(output)
-        _check_tensors(flat_out, api, "the outputs of the function")
+        _check_outputs(flat_out, api)
         pairs = [_unpack(o, level, strict, api) for o in flat_out]
         primals_out = pytree.tree_unflatten([_C._unwrap_for_grad(p, level) for p, _ in pairs],
                                             out_spec)

@@ -89,7 +89,8 @@ def _merge_dicts(parameter_and_buffer_dicts: Any) -> Dict[str, Tensor]:
         )
     if not all(isinstance(d, dict) for d in parameter_and_buffer_dicts):
         raise ValueError(
-            "functional_call: expected all elements of parameter_and_buffer_dicts to be dictionaries"
+            "functional_call: Expected all elements of parameter_and_buffer_dicts to be "
+            "dictionaries"
         )
     seen: Dict[str, int] = {}
     for d in parameter_and_buffer_dicts:

@@ -47,8 +47,8 @@ def jacrev(func, argnums=0, *, has_aux=False, chunk_size=None, _preallocate_and_
     """Jacobian of `func` w.r.t. `argnums` by reverse mode: vmap of vjp_fn over basis vectors."""
     if not (chunk_size is None or (isinstance(chunk_size, int) and chunk_size > 0)):
         raise ValueError(
-            f"jacrev({_name(func)}, chunk_size={chunk_size!r}): chunk_size should be None or a "
-            f"positive int."
+            f"jacrev({_name(func)}, chunk_size={chunk_size!r}): `chunk_size` should be greater "
+            f"than 0 (or None)."
         )
 
     @functools.wraps(func)

@@ -41,30 +41,44 @@ def _broadcast_dims(dims, tree, what, api):
 def _check_dims_type(dims, what, api):
     for d in pytree.tree_leaves(dims, is_leaf=lambda x: x is None):
         if d is not None and not isinstance(d, int):
+            if what == "out_dims":
+                raise ValueError(
+                    f"{api}: `out_dims` must be an int, None or a python collection of ints "
+                    f"representing where in the outputs the vmapped dimension should appear; got "
+                    f"an element of type {type(d).__name__}: {d!r}."
+                )
             raise ValueError(
-                f"{api}: {what} must be an int, None or a (nested) tuple/list/dict of them, "
-                f"got an element of type {type(d).__name__}: {d!r}."
+                f"{api}: Got in_dim={d!r} for an input but in_dim must be either an integer "
+                f"dimension or None (in_dims must be an int, None or a (nested) tuple/list/dict "
+                f"of them)."
             )
 
 
 def _flat_in_dims(func, in_dims, args):
     api = _api(func, in_dims)
-    if not isinstance(in_dims, (int, tuple)) and in_dims is not None:
+    if not isinstance(in_dims, (int, tuple)):
         raise ValueError(
             f"{api}: expected `in_dims` to be int or a (potentially nested) tuple matching the "
-            f"structure of inputs, got: {type(in_dims).__name__}."
+            f"structure of inputs, got: {type(in_dims)}."
+        )
+    if not args:
+        raise ValueError(
+            f"{api}: got no inputs. Maybe you forgot to add inputs, or you are trying to vmap "
+            f"over a function with no inputs. The latter is unsupported."
         )
     if isinstance(in_dims, tuple) and len(in_dims) != len(args):
         raise ValueError(
-            f"{api}: in_dims is a tuple of length {len(in_dims)} but the function was called "
-            f"with {len(args)} positional argument(s); give one in_dim per argument."
+            f"{api}: in_dims is not compatible with the structure of `inputs`: in_dims is a "
+            f"tuple of length {len(in_dims)} but the function was called with {len(args)} "
+            f"positional argument(s); give one in_dim per argument."
         )
     _check_dims_type(in_dims, "in_dims", api)
     flat_args, spec = pytree.tree_flatten(args)
     flat_dims = _broadcast_dims(in_dims, args, "in_dims", api)
     if flat_dims is None:
         raise ValueError(
-            f"{api}: in_dims does not match the inputs: {_mismatch('in_dims', 'inputs', spec)}"
+            f"{api}: in_dims is not compatible with the structure of `inputs`: "
+            f"{_mismatch('in_dims', 'inputs', spec)}"
         )
     return flat_args, flat_dims, spec, api
 
@@ -76,18 +90,21 @@ def _batch_size(flat_args, flat_dims, api):
             continue
         if not isinstance(arg, torch.Tensor):
             raise ValueError(
-                f"{api}: got in_dim={dim} for an input that is not a Tensor "
-                f"({type(arg).__name__}); use in_dim=None for non-tensor inputs."
+                f"{api}: Got in_dim={dim} for an input but the input is of type {type(arg)}. "
+                f"We cannot vmap over non-Tensor arguments, please use None as the respective "
+                f"in_dim."
             )
         if arg.dim() == 0:
             raise ValueError(
-                f"{api}: got in_dim={dim} for a 0-dim Tensor, which has no dimension to map "
-                f"over; use in_dim=None for it."
+                f"{api}: Got in_dim={dim} for some input, but that input is a Tensor of "
+                f"dimensionality 0: a 0-dim Tensor has no dimension to map over; use in_dim=None "
+                f"for it."
             )
         if not -arg.dim() <= dim < arg.dim():
             raise ValueError(
-                f"{api}: got in_dim={dim} for an input with {arg.dim()} dimension(s); in_dim "
-                f"must be in [{-arg.dim()}, {arg.dim() - 1}]."
+                f"{api}: Got in_dim={dim} for some input, but that input is a Tensor of "
+                f"dimensionality {arg.dim()} so expected in_dim to satisfy "
+                f"{-arg.dim()} <= in_dim < {arg.dim()}."
             )
         this = arg.shape[dim]
         if size is None:
@@ -95,13 +112,14 @@ def _batch_size(flat_args, flat_dims, api):
         elif this != size:
             sizes = [a.shape[d] for a, d in zip(flat_args, flat_dims) if d is not None]
             raise ValueError(
-                f"{api}: expected all tensors mapped over to have the same size in the mapped "
-                f"dimension, got sizes {sizes}."
+                f"{api}: Expected all tensors to have the same size in the mapped dimension, "
+                f"got sizes {sizes} for the mapped dimension."
             )
     if size is None:
         raise ValueError(
             f"{api}: at least one input must be a Tensor mapped over (in_dim not None); got "
-            f"in_dims that map over nothing."
+            f"in_dims that map over nothing. vmap must be called with at least one Tensor to "
+            f"vmap over."
         )
     return size
 
@@ -114,7 +132,8 @@ def _unbatch_outputs(output, out_dims, level, batch_size, func):
     flat_dims = _broadcast_dims(out_dims, output, "out_dims", api)
     if flat_dims is None:
         raise ValueError(
-            f"{api}: out_dims does not match the outputs: {_mismatch('out_dims', 'outputs', spec)}"
+            f"{api}: out_dims is not compatible with the structure of `outputs`: "
+            f"{_mismatch('out_dims', 'outputs', spec)}"
         )
     result = []
     for out, dim in zip(flat_out, flat_dims):
@@ -123,23 +142,25 @@ def _unbatch_outputs(output, out_dims, level, batch_size, func):
                 result.append(out)
                 continue
             raise ValueError(
-                f"{api}: the function must return Tensors (or pytrees of them) where out_dims "
-                f"is not None, but it returned a value of type {type(out).__name__}. Return a "
-                f"Tensor there, or give that output out_dim=None."
+                f"{api}: `{name}` must only return Tensors, got type {type(out)}. Did you mean "
+                f"to set out_dims= to None for output? (the function must return Tensors, or "
+                f"pytrees of them, where out_dims is not None)."
             )
         if dim is None:
             if _C._is_batched(out) and _C._level_of(out) == level:
                 raise ValueError(
-                    f"{api}: out_dim=None for an output that depends on the mapped inputs; "
-                    f"only outputs that are the same for every sample can have out_dim None."
+                    f"{api}: `{name}` can not return a BatchedTensor when out_dim is None: the "
+                    f"output depends on the mapped inputs, and only outputs that are the same "
+                    f"for every sample can have out_dim None."
                 )
             result.append(out)
             continue
         rank = out.dim() + 1
         if not -rank <= dim < rank:
-            raise ValueError(
-                f"{api}: out_dim={dim} is out of range for an output with {out.dim()} "
-                f"dimension(s) per sample; it must be in [{-rank}, {rank - 1}]."
+            raise IndexError(
+                f"{api}: Dimension out of range (expected to be in range of [{-rank}, "
+                f"{rank - 1}], but got {dim}): out_dim={dim} for an output with {out.dim()} "
+                f"dimension(s) per sample."
             )
         result.append(_C._remove_batch_dim(out, level, batch_size, dim % rank))
     return pytree.tree_unflatten(result, spec)
@@ -191,15 +212,15 @@ def vmap(func, in_dims=0, out_dims=0, randomness="error", *, chunk_size=None):
     name = getattr(func, "__name__", None) or repr(func)  # repr only if needed: dynamo traces it
     if randomness not in _RANDOMNESS:
         raise RuntimeError(
-            f"vmap({name}, randomness={randomness!r}): randomness must be one of "
-            f"'error', 'different' or 'same'."
+            f"vmap({name}, randomness={randomness!r}): Only allowed values for randomness are "
+            f"'error', 'different', or 'same'. Got {randomness}"
         )
     if chunk_size is not None and (
         not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size <= 0
     ):
         raise ValueError(
-            f"vmap({name}, chunk_size={chunk_size!r}): chunk_size should be None or a positive "
-            f"int."
+            f"vmap({name}, chunk_size={chunk_size!r}): chunk_size should be None or greater "
+            f"than 0. (got {chunk_size!r})"
         )
 
     @functools.wraps(func)

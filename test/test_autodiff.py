@@ -457,13 +457,13 @@ class TestErrorMessages(expecttest.TestCase):
     def test_jvp_shape_mismatch(self):
         self.assertExpectedInline(
             self.message(lambda: jvp(torch.sin, (randn(3),), (randn(2),))),
-            """jvp(sin, primals, tangents): tangent 0 has shape (2,) but its primal has shape (3,); each tangent must have the shape of its primal.""",
+            """jvp(sin, primals, tangents): Trying to set a forward gradient that has a different size than that of the original Tensor, this is not supported: tangent 0 has shape (2,) but its primal has shape (3,); each tangent must have the shape of its primal.""",
         )
 
     def test_jvp_primals_not_a_tuple(self):
         self.assertExpectedInline(
             self.message(lambda: jvp(torch.sin, randn(3), randn(3))),
-            """jvp(sin, primals, tangents): expected primals to be a tuple, so that the function can be called as func(*primals); got Tensor.""",
+            """jvp(sin, primals, tangents): Expected primals to be a tuple. E.g. it should be valid to call f(*primals); got Tensor.""",
         )
 
     def test_jvp_strict(self):
@@ -475,7 +475,7 @@ class TestErrorMessages(expecttest.TestCase):
     def test_jacrev_argnums_out_of_range(self):
         self.assertExpectedInline(
             self.message(lambda: jacrev(f2, argnums=2)(randn(4), randn(3))),
-            """jacrev(f2, argnums=2)(<inputs>): got argnums=2 but the function was called with 2 positional argument(s).""",
+            """jacrev(f2, argnums=2)(<inputs>): Got argnum=2, but only 2 positional inputs (argnums=2).""",
         )
 
     def test_jacfwd_complex_input(self):
@@ -487,7 +487,7 @@ class TestErrorMessages(expecttest.TestCase):
     def test_jacrev_chunk_size(self):
         self.assertExpectedInline(
             self.message(lambda: jacrev(torch.sin, chunk_size=0), exc=ValueError),
-            """jacrev(sin, chunk_size=0): chunk_size should be None or a positive int.""",
+            """jacrev(sin, chunk_size=0): `chunk_size` should be greater than 0 (or None).""",
         )
 
     def test_inplace_on_captured_tensor_inside_jacrev(self):
@@ -499,7 +499,7 @@ class TestErrorMessages(expecttest.TestCase):
 
         self.assertExpectedInline(
             self.message(lambda: jacrev(f)(randn(3))),
-            """jacrev: the function called the in-place operator aten::add_.Tensor on a tensor captured from outside the function (a tensor that is not one of its inputs). Mutating captured tensors inside jacrev is not supported: clone the tensor first, or pass it to the function as an input.""",
+            """jacrev: the function called the in-place operator aten::add_.Tensor that would mutate a captured Tensor (a tensor from outside the function, not one of its inputs). Mutating captured tensors inside jacrev is not supported: clone the tensor first, or pass it to the function as an input.""",
         )
 
     def test_grad_of_integer_output(self):
@@ -511,7 +511,7 @@ class TestErrorMessages(expecttest.TestCase):
     def test_grad_of_non_tensor_output(self):
         self.assertExpectedInline(
             self.message(lambda: ft.grad(lambda x: 1.0)(randn(3))),
-            """grad(<lambda>, argnums=0)(<inputs>): expected the function to return a Tensor, got float.""",
+            """grad(<lambda>, argnums=0)(<inputs>): Expected f(*args) to return a Tensor, got <class 'float'>.""",
         )
 
     def test_function_without_setup_context(self):

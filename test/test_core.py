@@ -267,7 +267,7 @@ class TestErrorMessages(expecttest.TestCase):
             ft.vmap(torch.add)(torch.randn(3), torch.randn(4))
         self.assertExpectedInline(
             str(ctx.exception),
-            """vmap(add, in_dims=0, ...)(<inputs>): expected all tensors mapped over to have the same size in the mapped dimension, got sizes [3, 4].""",
+            """vmap(add, in_dims=0, ...)(<inputs>): Expected all tensors to have the same size in the mapped dimension, got sizes [3, 4] for the mapped dimension.""",
         )
 
     def test_grad_of_non_scalar(self):
@@ -275,7 +275,7 @@ class TestErrorMessages(expecttest.TestCase):
             ft.grad(torch.sin)(torch.randn(3))
         self.assertExpectedInline(
             str(ctx.exception),
-            """grad(sin, argnums=0)(<inputs>): expected the function to return a scalar (0-dim) Tensor, got a Tensor of shape (3,). Use vjp or jacrev for non-scalar outputs.""",
+            """grad(sin, argnums=0)(<inputs>): Expected f(*args) to return a scalar Tensor, got tensor with 1 dims (shape (3,)). Maybe you wanted to use the vjp or jacrev APIs instead?""",
         )
 
     def test_item_inside_vmap(self):
@@ -283,7 +283,7 @@ class TestErrorMessages(expecttest.TestCase):
             ft.vmap(lambda x: x.sum().item())(torch.randn(3, 2))
         self.assertExpectedInline(
             str(ctx.exception).splitlines()[0],
-            """vmap: .item() (or float(), int(), .tolist()) was called on a batched tensor inside the vmapped function. Each sample has its own value, so there is no single Python number to return. Keep the computation in tensors instead.""",
+            """vmap: .item() (or float(), int(), .tolist()) was called on a batched tensor inside the vmapped function. It looks like you're calling .item() on a Tensor: each sample has its own value, so there is no single Python number to return. Keep the computation in tensors instead.""",
         )
 
     def test_inplace_on_captured_tensor_inside_grad(self):
@@ -297,7 +297,7 @@ class TestErrorMessages(expecttest.TestCase):
             ft.grad(f)(torch.randn(3))
         self.assertExpectedInline(
             str(ctx.exception).splitlines()[0],
-            """grad: the function called the in-place operator aten::add_.Tensor on a tensor captured from outside the function (a tensor that is not one of its inputs). Mutating captured tensors inside grad is not supported: clone the tensor first, or pass it to the function as an input.""",
+            """grad: the function called the in-place operator aten::add_.Tensor that would mutate a captured Tensor (a tensor from outside the function, not one of its inputs). Mutating captured tensors inside grad is not supported: clone the tensor first, or pass it to the function as an input.""",
         )
 
     def test_inplace_into_unbatched_tensor_inside_vmap(self):

@@ -277,7 +277,7 @@ FUNCTIONAL_CALL_ERRORS = [
      "functional_call: ['fc1.weight'] appeared in multiple dictionaries; behavior of functional call is "
      "ambiguous. Please pass each name in only one dictionary."),
     ("not_dicts", MLP, lambda m: ({"fc1.weight": torch.zeros(5, 3)}, 3), {},
-     "functional_call: expected all elements of parameter_and_buffer_dicts to be dictionaries"),
+     "functional_call: Expected all elements of parameter_and_buffer_dicts to be dictionaries"),
     ("not_a_dict", MLP, lambda m: 3, {},
      "functional_call: expected parameter_and_buffer_dicts to be a dict, or a list/tuple of dicts, "
      "but got <class 'int'>"),

@@ -88,7 +88,7 @@ class TestRandomnessErrors(expecttest.TestCase):
             ft.vmap(lambda x: x + torch.randn(3))(torch.randn(B, 3))
         self.assertExpectedInline(
             str(ctx.exception).splitlines()[0],
-            """vmap: called the random operator aten::randn inside a vmapped function with randomness='error' (the default). Pass randomness='different' (each sample draws its own values) or randomness='same' (one draw shared by the whole batch) to vmap, or draw the random values outside vmap.""",
+            """vmap: called random operation while in randomness error mode (the random operator aten::randn, with randomness='error', the default). Please either use the 'same' or 'different' randomness flags on vmap (randomness='different': each sample draws its own values; 'same': one draw shared by the whole batch) or perform the randomness operation out of vmap.""",
         )
 
     def test_unknown_randomness(self):
@@ -96,7 +96,7 @@ class TestRandomnessErrors(expecttest.TestCase):
             ft.vmap(torch.sin, randomness="sometimes")
         self.assertExpectedInline(
             str(ctx.exception),
-            """vmap(sin, randomness='sometimes'): randomness must be one of 'error', 'different' or 'same'.""",
+            """vmap(sin, randomness='sometimes'): Only allowed values for randomness are 'error', 'different', or 'same'. Got sometimes""",
         )
 
     def test_different_inplace_into_unbatched(self):
@@ -104,5 +104,5 @@ class TestRandomnessErrors(expecttest.TestCase):
             ft.vmap(lambda x: x * torch.ones(3).uniform_(), randomness="different")(torch.randn(B, 3))
         self.assertExpectedInline(
             str(ctx.exception).splitlines()[0],
-            """vmap: randomness='different' asks each sample for its own values, but the in-place random operator aten::uniform_ writes into a tensor that is not batched. Make the tensor batched first (e.g. expand it over the batch), or use randomness='same'.""",
+            """vmap: Cannot ask for different inplace randomness on an unbatched tensor. This will appear like same randomness. The in-place random operator aten::uniform_ writes into a tensor that is not batched: make it batched first (e.g. expand it over the batch and clone it), or use randomness='same'.""",
         )

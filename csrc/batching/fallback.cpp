@@ -35,8 +35,9 @@ void checkDataDependent(const c10::OperatorHandle& op, const Layer& layer) {
   const auto& name = op.operator_name().name;
   if (name == "aten::_local_scalar_dense" || name == "aten::item") {
     TORCH_CHECK(false, layer.api, ": .item() (or float(), int(), .tolist()) was called on a "
-        "batched tensor inside the vmapped function. Each sample has its own value, so there is "
-        "no single Python number to return. Keep the computation in tensors instead.");
+        "batched tensor inside the vmapped function. It looks like you're calling .item() on a "
+        "Tensor: each sample has its own value, so there is no single Python number to return. "
+        "Keep the computation in tensors instead.");
   }
   if (name == "aten::is_nonzero" || name == "aten::equal") {
     TORCH_CHECK(false, layer.api, ": data-dependent control flow on a batched tensor (a Python "

@@ -30,12 +30,34 @@ void checkErrorsRule(const c10::OperatorHandle& op, torch::jit::Stack* stack,
   at::_linalg_check_errors(batchFront(info), args[1].toStringRef(), /*is_matrix=*/false);
 }
 
+// NOTE: [Invalid shapes under vmap]
+// An operand with fewer per-sample dims than the operator needs (a 1-D input to cholesky) would
+// be read as a matrix once the batch dim is in front: a wrong result, or an error about the
+// batched shape. Instead the call is replayed on the first sample, unbatched, so it raises
+// exactly the error the unbatched call raises; should that call succeed, the rule still refuses.
+[[noreturn]] void invalidShape(const c10::OperatorHandle& op, const torch::jit::Stack& stack,
+                               const LayerPtr& layer, size_t arg, int64_t rank, int64_t needed) {
+  const size_t n = op.schema().arguments().size();
+  if (layer->batch_size > 0) {
+    torch::jit::Stack sample(stack.end() - n, stack.end());
+    for (auto& v : sample) {
+      if (!v.isTensor() || !v.toTensor().defined()) continue;
+      Unwrapped u = unwrapAt(v.toTensor(), layer);
+      if (u.batched()) v = u.value.select(*u.bdim, 0);
+    }
+    op.callBoxed(&sample);
+  }
+  TORCH_CHECK(false, layer->api, ": ", op.schema().operator_name(), " expects argument ",
+      op.schema().arguments()[arg].name(), " to have at least ", needed, " dimensions per "
+      "sample, but got ", rank);
+}
+
 // trace(self) = the sum of the diagonal of a matrix.
 void traceRule(const c10::OperatorHandle& op, torch::jit::Stack* stack, const LayerPtr& layer) {
+  const int64_t rank = unwrapAt(stack->end()[-1].toTensor(), layer).logicalRank();
+  if (rank != 2) invalidShape(op, *stack, layer, 0, rank, 2);
   Args args = torch::jit::pop(*stack, op.schema().arguments().size());
   Unwrapped self = unwrapAt(args[0].toTensor(), layer);
-  TORCH_CHECK(self.logicalRank() == 2, layer->api, ": trace: expected a matrix, but got tensor "
-              "with ", self.logicalRank(), " dimensions");
   at::Tensor out = batchFront(self).diagonal(0, 1, 2).sum(-1);
   torch::jit::push(*stack, makeBatched(out, 0, layer));
 }
@@ -94,7 +116,9 @@ BatchRule matrixRule(MatrixSpec spec) {
       const c10::IValue& v = (*stack)[begin + i];
       if (!v.isTensor() || !v.toTensor().defined()) continue;
       operands.emplace_back(i, unwrapAt(v.toTensor(), layer));
-      leading = std::max(leading, operands.back().second.logicalRank() - coreRank(i));
+      const int64_t rank = operands.back().second.logicalRank();
+      if (rank < coreRank(i)) invalidShape(op, *stack, layer, i, rank, coreRank(i));
+      leading = std::max(leading, rank - coreRank(i));
     }
     for (const auto& [i, u] : operands) {
       const int64_t rank = u.logicalRank();
@@ -123,6 +147,7 @@ void solveRule(const c10::OperatorHandle& op, torch::jit::Stack* stack, const La
   const size_t begin = stack->size() - op.schema().arguments().size();
   Unwrapped a = unwrapAt((*stack)[begin].toTensor(), layer);
   Unwrapped b = unwrapAt((*stack)[begin + 1].toTensor(), layer);
+  if (a.logicalRank() < 2) invalidShape(op, *stack, layer, 0, a.logicalRank(), 2);
   auto logical = [](const Unwrapped& u) {
     auto sizes = u.value.sizes().vec();
     if (u.bdim) sizes.erase(sizes.begin() + *u.bdim);

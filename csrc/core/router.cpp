@@ -37,10 +37,9 @@ at::Tensor stripDead(at::Tensor t) {
 
 [[noreturn]] void capturedMutationError(const c10::OperatorHandle& op, const Layer& layer) {
   TORCH_CHECK(false, layer.api, ": the function called the in-place operator ",
-      op.schema().operator_name(),
-      " on a tensor captured from outside the function (a tensor that is not one of its inputs). "
-      "Mutating captured tensors inside ", layer.api, " is not supported: clone the tensor "
-      "first, or pass it to the function as an input.");
+      op.schema().operator_name(), " that would mutate a captured Tensor (a tensor from outside "
+      "the function, not one of its inputs). Mutating captured tensors inside ", layer.api,
+      " is not supported: clone the tensor first, or pass it to the function as an input.");
 }
 
 // NOTE: [Processing a grad or jvp level]

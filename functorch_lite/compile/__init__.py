@@ -4,6 +4,7 @@
 from torch.fx.experimental.proxy_tensor import decompose as pythonkey_decompose
 
 from functorch_lite.compile._aot import aot_function, compiled_function
+from functorch_lite.compile._cache import clear_compile_cache, num_of_recompilations
 from functorch_lite.compile._compilers import (
     debug_compile,
     default_decompositions,
@@ -24,6 +25,7 @@ from functorch_lite.compile._module import (
     compiled_module,
     memory_efficient_fusion,
 )
+from functorch_lite.compile._cse import fx_graph_cse
 from functorch_lite.compile._minifier import minifier
 from functorch_lite.compile._partition import default_partition, min_cut_rematerialization_partition
 from functorch_lite.compile._pool import (
@@ -39,6 +41,7 @@ __all__ = [
     "aot_function",
     "aot_module",
     "aot_module_simplified",
+    "clear_compile_cache",
     "compiled_function",
     "compiled_module",
     "debug_compile",
@@ -46,6 +49,7 @@ __all__ = [
     "default_partition",
     "draw_graph",
     "draw_graph_compile",
+    "fx_graph_cse",
     "empty_memory_pool",
     "get_aot_compilation_context",
     "get_aot_graph_name",
@@ -60,6 +64,7 @@ __all__ = [
     "minifier",
     "nnc_jit",
     "nop",
+    "num_of_recompilations",
     "print_compile",
     "pythonkey_decompose",
     "set_memory_pool_enabled",

@@ -12,8 +12,10 @@ from torch._guards import detect_fake_mode
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
+from functorch_lite import _C
 from functorch_lite.compile._cache import CompileCache, leaf_key
 from functorch_lite.compile._compilers import count_compiled_graph, track_graph_compiling
+from functorch_lite.compile._effects import RecordChecks
 from functorch_lite.compile._partition import default_partition
 from functorch_lite.compile._runtime import CompiledGraphs
 from functorch_lite.compile._trace import (
@@ -37,6 +39,9 @@ from functorch_lite.compile._trace import (
 #    Otherwise: trace the forward only and compile it with inference_compiler.
 # 4. Cache the entry.
 # 5. Run it (NOTE: [The compiled autograd.Function]).
+# Inside a transform (a live vmap/grad/jvp level) fn runs as it is: the transform sees its
+# operators, so grad or vmap of a function that calls an aot-compiled function works; the
+# compiled graphs run on plain tensors only.
 
 
 # One compilation at a time in the process; reentrant, for aot_function called while tracing.
@@ -69,6 +74,8 @@ class _AOTFunction:
         self.cache = CompileCache()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if _C._layer_depth() > 0:
+            return self.fn(*args, **kwargs)
         leaves, in_spec, tensors = _flatten(args, kwargs)
         return self._entry(leaves, in_spec, tensors)(tensors)
 
@@ -180,7 +187,7 @@ def _compile(
         disable_fn_metadata_mode=config.disable_fn_metadata_mode,
     )
     input_names = _tensor_input_names(leaves, in_spec, config.input_name)
-    with fake_mode:
+    with fake_mode, RecordChecks():  # NOTE: [Error checks in traced graphs]
         meta = collect_metadata(
             config.api,
             flat_fn,

@@ -1,5 +1,6 @@
 """An aot_function's compilation cache: keys from input metadata, entries with shape guards."""
 
+import weakref
 from typing import Any, Callable, Optional
 
 import torch
@@ -32,11 +33,35 @@ def leaf_key(api: str, leaf: Any, dynamic: bool) -> Any:
     return (type(leaf), leaf)
 
 
+# NOTE: [Counting and clearing compilations]
+# Every aot_function owns its CompileCache; the live ones are tracked weakly here, so
+# num_of_recompilations() can count what they compiled (since the last clear_compile_cache())
+# and clear_compile_cache() can drop their entries: the next call of each compiled function
+# traces and compiles again. A compiled function that was garbage collected no longer counts.
+_live_caches: "weakref.WeakSet[CompileCache]" = weakref.WeakSet()
+
+
+def num_of_recompilations() -> int:
+    """How many compilations the live aot_function / aot_module caches did since the last clear."""
+    return sum(cache.num_compiles for cache in list(_live_caches))
+
+
+def clear_compile_cache() -> None:
+    """Drops every compiled entry of every live aot_function / aot_module, and resets the count."""
+    for cache in list(_live_caches):
+        cache.clear()
+
+
 class CompileCache:
     """Maps an input key to compiled entries; see NOTE: [When aot_function recompiles]."""
 
     def __init__(self) -> None:
         self._entries: dict = {}
+        self.num_compiles = 0
+        _live_caches.add(self)
+
+    def clear(self) -> None:
+        self._entries.clear()
         self.num_compiles = 0
 
     def lookup(self, key: Any, tensors: list) -> Optional[Any]:

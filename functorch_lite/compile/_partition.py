@@ -7,6 +7,8 @@ import torch
 import torch.fx as fx
 from torch.fx.experimental.symbolic_shapes import optimization_hint
 
+from functorch_lite.compile._cse import fx_graph_cse
+from functorch_lite.compile._effects import CHECKS
 from functorch_lite.compile._mincut import INF, FlowNetwork
 
 # NOTE: [Partitioning the joint graph]
@@ -57,10 +59,38 @@ def _split_outputs(joint: fx.Graph, num_fwd_outputs: int) -> tuple[list, list]:
     return outputs[:num_fwd_outputs], outputs[num_fwd_outputs:]
 
 
-def _extract_graph(api: str, joint: fx.Graph, inputs: list, outputs: list) -> fx.Graph:
-    """Copies the joint nodes computing `outputs` from `inputs`, and no others, to a new graph."""
+def _closure(node: fx.Node, available: set) -> Optional[set]:
+    """`node` and the nodes it needs, down to `available`; None when a placeholder is missing."""
+    found, stack = set(), [node]
+    while stack:
+        n = stack.pop()
+        if n in found:
+            continue
+        found.add(n)
+        if n in available:
+            continue
+        if n.op == "placeholder":
+            return None
+        stack.extend(n._input_nodes)
+    return found
+
+
+def _extract_graph(
+    api: str, joint: fx.Graph, inputs: list, outputs: list, checks_done: set
+) -> fx.Graph:
+    """Copies the joint nodes computing `outputs` from `inputs`, and no others, to a new graph.
+
+    Error checks (NOTE: [Error checks in traced graphs]) computable from `inputs` come along,
+    unless an earlier graph took them (`checks_done`, updated).
+    """
     available = set(inputs)
     needed, stack = set(), [o for o in outputs if isinstance(o, fx.Node)]
+    for node in joint.nodes:
+        if node.op == "call_function" and node.target in CHECKS and node not in checks_done:
+            closure = _closure(node, available)
+            if closure is not None:
+                checks_done.add(node)
+                stack.extend(closure)
     while stack:
         node = stack.pop()
         if node in needed:
@@ -94,8 +124,9 @@ def _extract_fwd_bwd_modules(
     primals = [n for n in joint.nodes if _is_primal(n)]
     tangents = [n for n in joint.nodes if _is_tangent(n)]
     fwd_outputs, bwd_outputs = _split_outputs(joint, num_fwd_outputs)
-    fw_graph = _extract_graph(api, joint, primals, fwd_outputs + saved)
-    bw_graph = _extract_graph(api, joint, saved + tangents, bwd_outputs)
+    checks_done: set = set()
+    fw_graph = _extract_graph(api, joint, primals, fwd_outputs + saved, checks_done)
+    bw_graph = _extract_graph(api, joint, saved + tangents, bwd_outputs, checks_done)
     return fx.GraphModule(joint_module, fw_graph), fx.GraphModule(joint_module, bw_graph)
 
 
@@ -140,10 +171,11 @@ def default_partition(
     joint = joint_module.graph
     primals = [n for n in joint.nodes if _is_primal(n)]
     fwd_outputs, bwd_outputs = _split_outputs(joint, num_fwd_outputs)
-    forward_only = _extract_graph(api, joint, primals, fwd_outputs)
+    forward_only = _extract_graph(api, joint, primals, fwd_outputs, set())
     forward_names = {n.name for n in forward_only.nodes if n.op != "output"}
     in_forward = {n for n in joint.nodes if n.name in forward_names}
     needed = set()
+    in_forward.update(n for n in joint.nodes if n.target in CHECKS and _closure(n, set(primals)))
     for node in in_forward:
         if any(u not in in_forward and u.op != "output" for u in node.users):
             needed.add(node)
@@ -233,6 +265,8 @@ def min_cut_rematerialization_partition(
 ) -> tuple[fx.GraphModule, fx.GraphModule]:
     """Saves the cheapest set of values; see NOTE: [Rematerialization as a min cut]."""
     api = "min_cut_rematerialization_partition"
+    # see NOTE: [Common subexpressions in a joint graph]
+    joint_module = fx.GraphModule(joint_module, fx_graph_cse(joint_module.graph))
     joint = joint_module.graph
     nodes = [n for n in joint.nodes if n.op != "output"]
     fwd_outputs, bwd_outputs = _split_outputs(joint, num_fwd_outputs)
