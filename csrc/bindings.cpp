@@ -180,6 +180,7 @@ PYBIND11_MODULE(_C, m) {
     return std::make_unique<PyLayer>(LayerKind::Jvp, 0, Randomness::Error, std::move(api));
   });
   m.def("_layer_depth", [] { return layerStack().size(); });
+  m.def("_set_functionalize_level", &setFunctionalizeLevel);
 
   m.def("_add_batch_dim", &addBatchDim);
   m.def("_remove_batch_dim", &removeBatchDim);

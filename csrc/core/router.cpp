@@ -2,6 +2,7 @@
 // operator's arguments.
 #include "core/router.h"
 
+#include <ATen/FunctionalTensorWrapper.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/_has_same_storage_numel.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
@@ -77,10 +78,49 @@ void processGradLevel(const c10::OperatorHandle& op, torch::jit::Stack* stack,
   op.callBoxed(stack);
 }
 
+// NOTE: [functionalize inside our transforms]
+// functionalize(f) called inside grad, vjp, jvp or vmap wraps our wrappers in torch's
+// FunctionalTensorWrappers, which inherit the router key (NOTE: [Tensors that inherit the
+// router key]). Functionalization is then the innermost transform, so it goes first: the
+// operator goes straight to its Functionalize kernel (its CompositeImplicitAutograd
+// decomposition first, if it has one, so views such as reshape are seen as views). That kernel
+// unwraps and calls the operator again on our wrappers, with the full dispatch state, so the
+// router then processes their level as usual (Autograd records at grad levels, vmap rules run).
+// Skipping Autograd on the FunctionalTensorWrappers is what functorch's layer stack does too:
+// gradients flow through the wrapped tensors. Any other foreign tensor with the router key is
+// an error rather than a misread wrapper.
+void processFunctionalization(const c10::OperatorHandle& op, torch::jit::Stack* stack,
+                              c10::DispatchKeySet keys) {
+  TORCH_CHECK(keys.has(c10::DispatchKey::Functionalize),
+      "functorch_lite: the operator ", op.schema().operator_name(), " got a tensor subclass "
+      "that wraps a tensor of a functorch_lite transform; only torch's functionalization "
+      "wrappers (functorch_lite.functionalize) may wrap them.");
+  if (op.hasKernelForDispatchKey(c10::DispatchKey::CompositeImplicitAutograd) &&
+      !op.hasKernelForDispatchKey(c10::DispatchKey::Functionalize)) {
+    op.redispatchBoxed(c10::DispatchKeySet(c10::DispatchKey::CompositeImplicitAutograd), stack);
+    return;
+  }
+  const c10::DispatchKeySet below(c10::DispatchKeySet::FULL_AFTER,
+                                  c10::DispatchKey::Functionalize);
+  op.redispatchBoxed((keys & below).add(c10::DispatchKey::Functionalize), stack);
+}
+
 void routerFallback(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
   const size_t num_args = op.schema().arguments().size();
   const size_t begin = argumentsBegin(*stack, num_args);
   const LayerPtr* top = nullptr;
+  bool foreign = false;
+  c10::DispatchKeySet keys;
+  for (size_t i = begin; i < stack->size(); ++i) {
+    forEachTensor((*stack)[i], [&](const at::Tensor& t) {
+      if (t.defined()) keys = keys | t.key_set();
+      foreign = foreign || isForeignWithRouterKey(t);
+    });
+  }
+  if (foreign) {
+    processFunctionalization(op, stack, keys);
+    return;
+  }
   for (size_t i = begin; i < stack->size(); ++i) {
     bool has_dead = false;
     forEachTensor((*stack)[i], [&](const at::Tensor& t) {
@@ -136,17 +176,44 @@ bool hasSameStorageNumel(const at::Tensor& self, const at::Tensor& other) {
 // NOTE: [The level being processed]), innermost outside, as if it had been made from the
 // function's inputs. So writing tracked values into it in place is recorded at those levels,
 // rather than reported as mutating a captured tensor.
+//
+// NOTE: [Factory functions inside functionalize]
+// functionalize has no level of its own: it sits above the levels that were live when it was
+// entered and below the ones entered inside it (functionalize_level_). While functionalization
+// is on, a factory's plain result is wrapped at the grad levels below functionalize, then in a
+// FunctionalTensorWrapper, then at the grad levels above it, the order its inputs were wrapped
+// in. Otherwise a FunctionalTensorWrapper could end up under one of our wrappers inside a
+// functionalize that is itself inside that transform, and reach a CPU kernel unwrapped.
+thread_local int64_t functionalize_level_ = -1;
+
+bool functionalizationIsOn() {
+  return c10::impl::tls_is_dispatch_key_included(c10::DispatchKey::Functionalize) &&
+         !c10::impl::tls_is_dispatch_key_excluded(c10::DispatchKey::Functionalize);
+}
+
 void factoryKernel(const c10::OperatorHandle& op, c10::DispatchKeySet, torch::jit::Stack* stack) {
+  const bool functional = functionalizationIsOn();
   {
-    c10::impl::ExcludeDispatchKeyGuard no_mode(kModeKey);
+    c10::impl::ExcludeDispatchKeyGuard no_mode(
+        functional ? c10::DispatchKeySet({kModeKey, c10::DispatchKey::Functionalize})
+                   : c10::DispatchKeySet(kModeKey));
     op.callBoxed(stack);
   }
   const int64_t bound = processingBound();
   c10::IValue& out = stack->back();
-  for (const auto& layer : layerStack()) {
-    if (layer->kind == LayerKind::Vmap || layer->level >= bound) continue;
-    out = makeGradWrapper(out.toTensor(), layer);
+  auto wrapLevels = [&](auto&& selected) {
+    for (const auto& layer : layerStack()) {
+      if (layer->kind == LayerKind::Vmap || layer->level >= bound || !selected(*layer)) continue;
+      out = makeGradWrapper(out.toTensor(), layer);
+    }
+  };
+  if (!functional) {
+    wrapLevels([](const Layer&) { return true; });
+    return;
   }
+  wrapLevels([](const Layer& l) { return l.level <= functionalize_level_; });
+  out = at::functionalization::impl::to_functional_tensor(out.toTensor());
+  wrapLevels([](const Layer& l) { return l.level > functionalize_level_; });
 }
 
 bool mentionsTensor(const c10::TypePtr& type) {
@@ -185,6 +252,12 @@ void registerFactoryKernels() {
 }
 
 }  // namespace
+
+int64_t setFunctionalizeLevel(int64_t level) {
+  const int64_t previous = functionalize_level_;
+  functionalize_level_ = level;
+  return previous;
+}
 
 void registerRouter() {
   static torch::Library router(torch::Library::IMPL, "_", kRouterKey, __FILE__, __LINE__);
