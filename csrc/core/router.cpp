@@ -50,12 +50,29 @@ at::Tensor stripDead(at::Tensor t) {
 // lower-level wrappers become constants). Then the router key is excluded and the operator is
 // called again: Autograd records on the wrappers, and the unwrap kernel below it (unwrap.cpp)
 // calls the operator one level down.
+//
+// NOTE: [Which writes into captured tensors are refused]
+// Only an in-place operator proper (its first argument written and returned, `x.add_(y)`)
+// is refused when it writes into a captured tensor: its result would carry this level's
+// derivatives that the captured tensor cannot hold. Operators that update other arguments as
+// a side effect, such as batch_norm's running statistics, write values that carry none of
+// them; they run on the captured tensor as they would outside the transform (as in functorch).
+bool isInplaceOperator(const c10::FunctionSchema& schema) {
+  const auto& args = schema.arguments();
+  if (args.empty() || !writes(args[0]) || schema.returns().size() != 1) return false;
+  for (size_t i = 1; i < args.size(); ++i) {
+    if (args[i].alias_info() != nullptr) return false;
+  }
+  return true;
+}
+
 void processGradLevel(const c10::OperatorHandle& op, torch::jit::Stack* stack,
                       const LayerPtr& layer) {
   const auto& args = op.schema().arguments();
   const size_t begin = argumentsBegin(*stack, args.size());
+  const bool inplace = isInplaceOperator(op.schema());
   for (size_t i = 0; i < args.size(); ++i) {
-    const bool written = writes(args[i]);
+    const bool written = inplace && i == 0;
     mapTensors((*stack)[begin + i], [&](const at::Tensor& t) {
       auto* wrapper = asGradWrapper(t);
       if (wrapper != nullptr && wrapper->layer() == layer) {
