@@ -97,12 +97,30 @@ def _call(T, source, stack, shape, seed):
         return "error", f"{type(e).__name__}: {e}".splitlines()[0][:300]
 
 
+def _leaked_state():
+    """What a finished call left behind (a live level, functionalization on), or ''."""
+    import torch
+
+    from functorch_lite import _C
+
+    if _C._layer_depth() != 0:
+        return "a live transform level"
+    if torch._C._dispatch_tls_is_dispatch_key_included(torch._C.DispatchKey.Functionalize):
+        return "functionalization enabled"
+    if torch._C._functorch.peek_interpreter_stack() is not None:
+        return "a live torch.func level"
+    return ""
+
+
 def compare(source, stack, shape, seed=0):
     """{'outcome': ..., 'detail': ...}; outcome is one of
-    'same'           both give equal results, or both raise;
+    'same'           both give equal results;
+    'both_raise'     both raise;
     'mismatch'       both give results, and they differ;
     'ours_raises'    torch.func gives a result and functorch_lite raises;
-    'theirs_raises'  functorch_lite gives a result where torch.func raises."""
+    'theirs_raises'  functorch_lite gives a result where torch.func raises;
+    'leaked_state'   functorch_lite left a level or functionalization behind;
+    'theirs_leaked'  torch.func did (the worker restarts, the example is not judged)."""
     import warnings
 
     import torch
@@ -114,9 +132,15 @@ def compare(source, stack, shape, seed=0):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ours = _call(functorch_lite, source, stack, shape, seed)
+        leaked = _leaked_state()
+        if leaked:
+            return {"outcome": "leaked_state", "detail": f"functorch_lite left {leaked}"}
         theirs = _call(torch.func, source, stack, shape, seed)
+        if _leaked_state():
+            # torch.func left its own state behind: the next example needs a fresh process
+            return {"outcome": "theirs_leaked", "detail": _leaked_state(), "restart": True}
     if ours[0] == "error" and theirs[0] == "error":
-        return {"outcome": "same", "detail": f"both raise; ours: {ours[1]}"}
+        return {"outcome": "both_raise", "detail": f"ours: {ours[1]}; theirs: {theirs[1]}"}
     if ours[0] == "error":
         return {"outcome": "ours_raises", "detail": ours[1]}
     if theirs[0] == "error":
@@ -185,6 +209,8 @@ def _serve():
             answer = {"outcome": "harness_error", "detail": traceback.format_exc()[-2000:]}
         sys.stdout.write(json.dumps(answer) + "\n")
         sys.stdout.flush()
+        if answer.get("restart") or answer["outcome"] == "leaked_state":
+            return
 
 
 if __name__ == "__main__":

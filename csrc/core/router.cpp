@@ -179,9 +179,13 @@ bool hasSameStorageNumel(const at::Tensor& self, const at::Tensor& other) {
   at::Tensor a = self;
   at::Tensor b = other;
   for (at::Tensor* t : {&a, &b}) {
-    while (layerOf(*t) != nullptr) {
+    while (layerOf(*t) != nullptr || at::functionalization::impl::isFunctionalTensor(*t)) {
       if (asBatched(*t) != nullptr) return true;
-      *t = asGradWrapper(*t)->value();
+      auto* wrapper = asGradWrapper(*t);
+      // a FunctionalTensorWrapper around our wrappers (NOTE: [functionalize inside our
+      // transforms]) is asked about the tensor it wraps
+      *t = wrapper != nullptr ? wrapper->value()
+                              : at::functionalization::impl::from_functional_tensor(*t);
     }
   }
   return at::_has_same_storage_numel(a, b);

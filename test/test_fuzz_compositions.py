@@ -1,0 +1,84 @@
+"""The composition fuzzer: random programs under random stacks of transforms, against torch.func.
+
+Programs and stacks come from test/fuzz_programs.py (NOTE: [What the composition fuzzer
+generates]); each runs in a persistent worker process (test/composition_worker.py), so a
+segfault or a hang is one failed example, printed with its program, and the next example gets
+a fresh worker. An example fails on a crash, a hang or a mismatch of values. Where
+functorch_lite raises and torch.func gives a result ('ours_raises'), the example is counted and
+listed in the summary printed at the end (run pytest with -s), and fails only with
+FUZZ_STRICT=1: those are the known differences docs/limitations.md lists. FUZZ_EXAMPLES sets the number of examples (200 by default;
+`make fuzz` runs 10,000); the default run is derandomized, so it is the same 200 programs every
+time, and FUZZ_RANDOM=1 draws new ones. FUZZ_LOG=path appends every example that is not a
+pass (and every 'ours_raises') to that file. A crash it finds becomes a case of
+test_regressions_from_the_fuzzer.
+"""
+import collections
+import os
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from composition_worker import WorkerPool, describe
+from fuzz_programs import programs, transform_stacks
+
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "200"))
+OUTCOMES = collections.Counter()
+
+
+@pytest.fixture(scope="module")
+def worker():
+    pool = WorkerPool()
+    yield pool
+    pool.close()
+    print(f"\ncomposition fuzzer outcomes: {dict(OUTCOMES)}")
+    for detail, count in DIFFERENCES.most_common():
+        print(f"  ours raises where torch.func does not ({count}x): {detail}")
+
+
+STRICT = bool(os.environ.get("FUZZ_STRICT"))
+PASSING = ("same", "both_raise", "theirs_raises", "theirs_leaked") + (() if STRICT else ("ours_raises",))
+DIFFERENCES = collections.Counter()
+LOG = os.environ.get("FUZZ_LOG")  # a file that collects every example that did not pass
+
+
+def _check(worker, source, stack, shape, seed=0):
+    result = worker.run(source, stack, shape, seed)
+    OUTCOMES[result["outcome"]] += 1
+    if result["outcome"] == "ours_raises":
+        DIFFERENCES[result["detail"][:160]] += 1
+    if LOG and result["outcome"] not in ("same", "both_raise", "theirs_raises"):
+        with open(LOG, "a") as log:
+            log.write(f"## {result['outcome']}: {result['detail'][:400]}\n"
+                      f"{describe(source, stack, shape)}\n\n")
+    assert result["outcome"] in PASSING, (
+        f"{result['outcome']}: {result['detail']}\n{describe(source, stack, shape)}")
+
+
+@settings(max_examples=EXAMPLES, deadline=None, database=None,
+          derandomize=not os.environ.get("FUZZ_RANDOM"),
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                 HealthCheck.function_scoped_fixture])
+@given(program=programs(), stack=transform_stacks())
+def test_random_compositions_match_torch_func(worker, program, stack):
+    source, shape = program
+    _check(worker, source, stack, shape)
+
+
+# Programs the fuzzer (or the issue that asked for it) found crashing or differing, kept as
+# regular cases: (source, stack innermost first, shape of x).
+REGRESSIONS = [
+    ("def f(x):\n    y = x + x\n    z = y.view(2, 3)\n    y.add_(torch.ones(3))\n"
+     "    return z.sum()",
+     [["functionalize", {}], ["grad", {}]], (2, 3)),
+    # forward AD asked _has_same_storage_numel about a FunctionalTensorWrapper around a batched
+    # tensor: the router's answer recursed into itself until the stack overflowed
+    ("def f(x):\n    v0 = x.sin()\n    return x",
+     [["jvp", {}], ["functionalize", {"remove": "mutations"}],
+      ["vmap", {"in_dims": 0, "out_dims": 0}]], (2, 3)),
+]
+
+
+@pytest.mark.parametrize("source, stack, shape", REGRESSIONS,
+                         ids=[f"case{i}" for i in range(len(REGRESSIONS))])
+def test_regressions_from_the_fuzzer(worker, source, stack, shape):
+    _check(worker, source, stack, shape)
