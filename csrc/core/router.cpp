@@ -103,9 +103,14 @@ void processGradLevel(const c10::OperatorHandle& op, torch::jit::Stack* stack,
 // decomposition first, if it has one, so views such as reshape are seen as views). That kernel
 // unwraps and calls the operator again on our wrappers, with the full dispatch state, so the
 // router then processes their level as usual (Autograd records at grad levels, vmap rules run).
+// When an argument is a wrapper of a level entered inside functionalize, that level is above
+// functionalization and goes first.
 // Skipping Autograd on the FunctionalTensorWrappers is what functorch's layer stack does too:
 // gradients flow through the wrapped tensors. Any other foreign tensor with the router key is
 // an error rather than a misread wrapper.
+// The level functionalize was entered at (NOTE: [Factory functions inside functionalize]).
+thread_local int64_t functionalize_level_ = -1;
+
 void processFunctionalization(const c10::OperatorHandle& op, torch::jit::Stack* stack,
                               c10::DispatchKeySet keys) {
   TORCH_CHECK(keys.has(c10::DispatchKey::Functionalize),
@@ -134,10 +139,6 @@ void routerFallback(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
       foreign = foreign || isForeignWithRouterKey(t);
     });
   }
-  if (foreign) {
-    processFunctionalization(op, stack, keys);
-    return;
-  }
   for (size_t i = begin; i < stack->size(); ++i) {
     bool has_dead = false;
     forEachTensor((*stack)[i], [&](const at::Tensor& t) {
@@ -149,6 +150,12 @@ void routerFallback(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
       const LayerPtr* layer = layerOf(t);
       if (layer != nullptr && (top == nullptr || (*layer)->level > (*top)->level)) top = layer;
     });
+  }
+  // Functionalization sits between the levels entered before and after functionalize; a
+  // level above it is processed first (FunctionalTensorWrappers are plain tensors to it).
+  if (foreign && (top == nullptr || (*top)->level <= functionalize_level_)) {
+    processFunctionalization(op, stack, keys);
+    return;
   }
   if (top == nullptr) {
     op.callBoxed(stack);  // only escaped grad wrappers were here: they act as their values
@@ -205,8 +212,6 @@ bool hasSameStorageNumel(const at::Tensor& self, const at::Tensor& other) {
 // FunctionalTensorWrapper, then at the grad levels above it, the order its inputs were wrapped
 // in. Otherwise a FunctionalTensorWrapper could end up under one of our wrappers inside a
 // functionalize that is itself inside that transform, and reach a CPU kernel unwrapped.
-thread_local int64_t functionalize_level_ = -1;
-
 bool functionalizationIsOn() {
   return c10::impl::tls_is_dispatch_key_included(c10::DispatchKey::Functionalize) &&
          !c10::impl::tls_is_dispatch_key_excluded(c10::DispatchKey::Functionalize);
