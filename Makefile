@@ -3,7 +3,7 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip install -q --disable-pip-version-check
 
-.PHONY: deps build demo test bench
+.PHONY: deps build demo test bench fuzz
 
 deps:
 	$(PIP) "torch==2.13.0" "setuptools>=70" wheel ninja expecttest pytest hypothesis matplotlib
@@ -19,3 +19,8 @@ test: build
 
 bench: build
 	cd benchmarks && for b in *.py; do case $$b in common.py|record_output.py) ;; *) $(PYTHON) $$b || exit 1;; esac; done
+
+# The composition fuzzer, nightly-sized: fresh random programs (FUZZ_EXAMPLES, default 10,000).
+fuzz: build
+	cd test && FUZZ_RANDOM=1 FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-10000} $(PYTHON) -m pytest -q -s \
+		test_fuzz_compositions.py -k random_compositions
