@@ -141,7 +141,9 @@ def functionalize(func: Callable[..., Any], *, remove: str = "mutations") -> Cal
         functional_args, functional_kwargs = tree_unflatten(functional_inputs, spec)
         with _functionalization(reapply_views):
             outputs = func(*functional_args, **functional_kwargs)
-        outputs = tree_map(_from_functional, outputs)
+            # synced while functionalization is on: replaying views of an output runs view
+            # operators that must be functionalized too
+            outputs = tree_map(_from_functional, outputs)
         for original, wrapper in zip(inputs, functional_inputs):
             if isinstance(original, Tensor):
                 _write_back_input_mutation(original, wrapper)

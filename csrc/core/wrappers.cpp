@@ -77,7 +77,8 @@ void BatchedTensorImpl::replaceValue(at::Tensor value, int64_t bdim) {
 }
 
 void BatchedTensorImpl::refreshMetadata() {
-  TORCH_INTERNAL_ASSERT(bdim_ >= 0 && bdim_ < value_.dim());
+  TORCH_CHECK(bdim_ >= 0 && bdim_ < value_.dim(), "vmap: the batch dim ", bdim_,
+      " is out of range for a tensor with ", value_.dim(), " dims.");
   const auto sizes = value_.sym_sizes();
   const auto strides = value_.sym_strides();
   c10::SymDimVector logical_sizes;
