@@ -22,5 +22,5 @@ bench: build
 
 # The composition fuzzer, nightly-sized: fresh random programs (FUZZ_EXAMPLES, default 10,000).
 fuzz: build
-	cd test && FUZZ_RANDOM=1 FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-10000} $(PYTHON) -m pytest -q -s \
-		test_fuzz_compositions.py -k random_compositions
+	cd test && FUZZ_RANDOM=1 FUZZ_KEEP_GOING=1 FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-10000} \
+		$(PYTHON) -m pytest -q -s test_fuzz_compositions.py -k "random_compositions or summary"

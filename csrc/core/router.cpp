@@ -44,6 +44,14 @@ at::Tensor stripDead(at::Tensor t) {
       "first, or pass it to the function as an input.");
 }
 
+bool functionalizationIsOn() {
+  return c10::impl::tls_is_dispatch_key_included(c10::DispatchKey::Functionalize) &&
+         !c10::impl::tls_is_dispatch_key_excluded(c10::DispatchKey::Functionalize);
+}
+
+// The level functionalize was entered at (NOTE: [Factory functions inside functionalize]).
+thread_local int64_t functionalize_level_ = -1;
+
 // NOTE: [Processing a grad or jvp level]
 // Every tensor argument not already at this level is lifted into an immutable wrapper at this
 // level, so autograd at this level tracks only this level's tensors (captured tensors and
@@ -89,9 +97,17 @@ void processGradLevel(const c10::OperatorHandle& op, torch::jit::Stack* stack,
   // Between the router and the unwrap kernel only this level's wrappers are around; tracing and
   // fake-tensor modes (make_fx, FakeTensorMode) must not see them. The Python keys are excluded
   // here and come back, with the rest of the saved state, in the unwrap kernel.
-  c10::impl::ExcludeDispatchKeyGuard no_router(c10::DispatchKeySet(
-      {kRouterKey, c10::DispatchKey::Python, c10::DispatchKey::PythonTLSSnapshot,
-       c10::DispatchKey::PreDispatch}));
+  //
+  // Functionalization, when this level was entered inside functionalize, sits below this level:
+  // it is excluded too, or the Functionalize kernel (between Autograd and the unwrap kernel)
+  // would wrap this level's wrappers in FunctionalTensorWrappers, nesting them upside down.
+  c10::DispatchKeySet excluded({kRouterKey, c10::DispatchKey::Python,
+                                c10::DispatchKey::PythonTLSSnapshot,
+                                c10::DispatchKey::PreDispatch});
+  if (layer->level > functionalize_level_ && functionalizationIsOn()) {
+    excluded = excluded.add(c10::DispatchKey::Functionalize);
+  }
+  c10::impl::ExcludeDispatchKeyGuard no_router(excluded);
   op.callBoxed(stack);
 }
 
@@ -108,9 +124,6 @@ void processGradLevel(const c10::OperatorHandle& op, torch::jit::Stack* stack,
 // Skipping Autograd on the FunctionalTensorWrappers is what functorch's layer stack does too:
 // gradients flow through the wrapped tensors. Any other foreign tensor with the router key is
 // an error rather than a misread wrapper.
-// The level functionalize was entered at (NOTE: [Factory functions inside functionalize]).
-thread_local int64_t functionalize_level_ = -1;
-
 void processFunctionalization(const c10::OperatorHandle& op, torch::jit::Stack* stack,
                               c10::DispatchKeySet keys) {
   TORCH_CHECK(keys.has(c10::DispatchKey::Functionalize),
@@ -212,11 +225,6 @@ bool hasSameStorageNumel(const at::Tensor& self, const at::Tensor& other) {
 // FunctionalTensorWrapper, then at the grad levels above it, the order its inputs were wrapped
 // in. Otherwise a FunctionalTensorWrapper could end up under one of our wrappers inside a
 // functionalize that is itself inside that transform, and reach a CPU kernel unwrapped.
-bool functionalizationIsOn() {
-  return c10::impl::tls_is_dispatch_key_included(c10::DispatchKey::Functionalize) &&
-         !c10::impl::tls_is_dispatch_key_excluded(c10::DispatchKey::Functionalize);
-}
-
 void factoryKernel(const c10::OperatorHandle& op, c10::DispatchKeySet, torch::jit::Stack* stack) {
   const bool functional = functionalizationIsOn();
   {
