@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 DEPS := "torch==$(TORCH)" "setuptools>=70" wheel ninja numpy expecttest pytest hypothesis matplotlib
 
-.PHONY: deps build demo demo-smoke test bench
+.PHONY: deps build demo demo-smoke test bench fuzz
 
 $(VENV)/.deps-installed: Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -36,4 +36,9 @@ test: build
 	$(PY) -m pytest test
 
 bench: build
-	cd benchmarks && for b in *.py; do case $$b in common.py|record_output.py) ;; *) ../$(PY) $$b || exit 1;; esac; done
+	cd benchmarks && for b in *.py; do case $$b in common.py|record_output.py|workloads.py) ;; *) ../$(PY) $$b || exit 1;; esac; done
+
+# The composition fuzzer, nightly-sized: fresh random programs (FUZZ_EXAMPLES, default 10,000).
+fuzz: build
+	cd test && FUZZ_RANDOM=1 FUZZ_KEEP_GOING=1 FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-10000} \
+		../$(PY) -m pytest -q -s test_fuzz_compositions.py -k "random_compositions or summary"

@@ -182,6 +182,7 @@ PYBIND11_MODULE(_C, m) {
   });
   m.attr("_built_torch_release") = kBuiltTorchRelease;
   m.def("_layer_depth", [] { return layerStack().size(); });
+  m.def("_set_functionalize_level", &setFunctionalizeLevel);
 
   m.def("_add_batch_dim", &addBatchDim);
   m.def("_remove_batch_dim", &removeBatchDim);

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
-from functorch_lite import _dynamo
+from functorch_lite import _C, _dynamo
 
 # NOTE: [functionalize on torch's functionalization]
 # torch already knows how to remove mutations: a FunctionalTensorWrapper
@@ -32,12 +32,17 @@ from functorch_lite import _dynamo
 # graph keeps.
 #
 # NOTE: [functionalize and autograd]
-# torch.func.functionalize runs as a layer of functorch's level stack, so autograd records
-# the functional ops on the unwrapped inputs and its outputs carry grad_fn. Here the
-# Functionalize key sits below autograd, the wrappers don't require grad and the outputs
-# are unwrapped inner tensors: they carry no history of the inputs. Differentiate inside
-# instead, functionalize(grad(f)), or call func directly when gradients through it are
-# needed.
+# Inside our transforms, functionalize(f) composes like any transform: the
+# FunctionalTensorWrappers around a transform's wrappers inherit the router key, and the router
+# hands their operators to the Functionalize kernels first, which call them again on the
+# wrappers, where grad levels record and vmap rules run (NOTE: [functionalize inside our
+# transforms] in csrc/core/router.cpp). So grad(functionalize(f)), vmap(functionalize(f)),
+# jvp(...), jacrev(...) give what they give without functionalize. Factory functions called in
+# func are wrapped in the same order (NOTE: [Factory functions inside functionalize]), which is
+# why functionalize tells the router the level it was entered at. Plain torch.autograd on a
+# requires_grad input, with no transform around, is different: the Functionalize key sits below
+# Autograd and the outputs carry no history of the inputs; differentiate inside instead
+# (functionalize(grad(f))) or use functorch_lite.grad around it.
 #
 # NOTE: [Nested functionalize]
 # torch's functionalization has no levels: the Functionalize key can't be enabled twice.
@@ -55,12 +60,17 @@ def _functionalization_is_enabled() -> bool:
 
 @contextlib.contextmanager
 def _functionalization(reapply_views: bool) -> Iterator[None]:
-    """Enables the Functionalize key for the body and disables it again, even on errors."""
+    """Enables the Functionalize key for the body and disables it again, even on errors.
+
+    Levels are numbered from 1 up the stack, so the depth is the level functionalize sits on
+    (NOTE: [functionalize and autograd])."""
+    previous_level = _C._set_functionalize_level(_C._layer_depth())
     torch._enable_functionalization(reapply_views=reapply_views)
     try:
         yield
     finally:
         torch._disable_functionalization()
+        _C._set_functionalize_level(previous_level)
 
 
 @contextlib.contextmanager
@@ -135,7 +145,9 @@ def functionalize(func: Callable[..., Any], *, remove: str = "mutations") -> Cal
         functional_args, functional_kwargs = tree_unflatten(functional_inputs, spec)
         with _functionalization(reapply_views):
             outputs = func(*functional_args, **functional_kwargs)
-        outputs = tree_map(_from_functional, outputs)
+            # synced while functionalization is on: replaying views of an output runs view
+            # operators that must be functionalized too
+            outputs = tree_map(_from_functional, outputs)
         for original, wrapper in zip(inputs, functional_inputs):
             if isinstance(original, Tensor):
                 _write_back_input_mutation(original, wrapper)

@@ -291,6 +291,7 @@ const RuleTable kNormalization({
     {"aten::native_group_norm", groupNormRule},
     {"aten::native_group_norm_backward", groupNormBackwardRule},
     {"aten::native_batch_norm", batchNormRule},
+    {"aten::_native_batch_norm_legit", batchNormRule},  // native_batch_norm's arguments
     {"aten::native_batch_norm_backward", batchNormBackwardRule},
 });
 

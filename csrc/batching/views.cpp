@@ -174,14 +174,15 @@ at::Tensor asStrided(const at::Tensor& front, int64_t, const Args& args, const L
 BatchRule inplaceViewRule(const char* name, const char* overload) {
   return [name, overload](const c10::OperatorHandle& op, torch::jit::Stack* stack,
                           const LayerPtr& layer) {
-    static_cast<void>(op);
     const auto out_of_place = c10::Dispatcher::singleton().findSchemaOrThrow(name, overload);
     const at::Tensor self = (*stack)[stack->size() - op.schema().arguments().size()].toTensor();
     out_of_place.callBoxed(stack);
     const at::Tensor result = torch::jit::pop(*stack).toTensor();
     auto* batched_self = asBatched(self);
     auto* batched_result = asBatched(result);
-    TORCH_INTERNAL_ASSERT(batched_self != nullptr && batched_result != nullptr);
+    TORCH_CHECK(batched_self != nullptr && batched_result != nullptr, layer->api, ": the in-place "
+        "view operator ", op.schema().operator_name(), " needs its tensor batched at this level; "
+        "use the out-of-place operator instead.");
     batched_self->replaceValue(batched_result->value(), batched_result->bdim());
     torch::jit::push(*stack, self);
   };

@@ -2,6 +2,7 @@
 // operator's arguments.
 #include "core/router.h"
 
+#include <ATen/FunctionalTensorWrapper.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/_has_same_storage_numel.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
@@ -42,18 +43,43 @@ at::Tensor stripDead(at::Tensor t) {
       " is not supported: clone the tensor first, or pass it to the function as an input.");
 }
 
+bool functionalizationIsOn() {
+  return c10::impl::tls_is_dispatch_key_included(c10::DispatchKey::Functionalize) &&
+         !c10::impl::tls_is_dispatch_key_excluded(c10::DispatchKey::Functionalize);
+}
+
+// The level functionalize was entered at (NOTE: [Factory functions inside functionalize]).
+thread_local int64_t functionalize_level_ = -1;
+
 // NOTE: [Processing a grad or jvp level]
 // Every tensor argument not already at this level is lifted into an immutable wrapper at this
 // level, so autograd at this level tracks only this level's tensors (captured tensors and
 // lower-level wrappers become constants). Then the router key is excluded and the operator is
 // called again: Autograd records on the wrappers, and the unwrap kernel below it (unwrap.cpp)
 // calls the operator one level down.
+//
+// NOTE: [Which writes into captured tensors are refused]
+// Only an in-place operator proper (its first argument written and returned, `x.add_(y)`)
+// is refused when it writes into a captured tensor: its result would carry this level's
+// derivatives that the captured tensor cannot hold. Operators that update other arguments as
+// a side effect, such as batch_norm's running statistics, write values that carry none of
+// them; they run on the captured tensor as they would outside the transform (as in functorch).
+bool isInplaceOperator(const c10::FunctionSchema& schema) {
+  const auto& args = schema.arguments();
+  if (args.empty() || !writes(args[0]) || schema.returns().size() != 1) return false;
+  for (size_t i = 1; i < args.size(); ++i) {
+    if (args[i].alias_info() != nullptr) return false;
+  }
+  return true;
+}
+
 void processGradLevel(const c10::OperatorHandle& op, torch::jit::Stack* stack,
                       const LayerPtr& layer) {
   const auto& args = op.schema().arguments();
   const size_t begin = argumentsBegin(*stack, args.size());
+  const bool inplace = isInplaceOperator(op.schema());
   for (size_t i = 0; i < args.size(); ++i) {
-    const bool written = writes(args[i]);
+    const bool written = inplace && i == 0;
     mapTensors((*stack)[begin + i], [&](const at::Tensor& t) {
       auto* wrapper = asGradWrapper(t);
       if (wrapper != nullptr && wrapper->layer() == layer) {
@@ -70,16 +96,61 @@ void processGradLevel(const c10::OperatorHandle& op, torch::jit::Stack* stack,
   // Between the router and the unwrap kernel only this level's wrappers are around; tracing and
   // fake-tensor modes (make_fx, FakeTensorMode) must not see them. The Python keys are excluded
   // here and come back, with the rest of the saved state, in the unwrap kernel.
-  c10::impl::ExcludeDispatchKeyGuard no_router(c10::DispatchKeySet(
-      {kRouterKey, c10::DispatchKey::Python, c10::DispatchKey::PythonTLSSnapshot,
-       c10::DispatchKey::PreDispatch}));
+  //
+  // Functionalization, when this level was entered inside functionalize, sits below this level:
+  // it is excluded too, or the Functionalize kernel (between Autograd and the unwrap kernel)
+  // would wrap this level's wrappers in FunctionalTensorWrappers, nesting them upside down.
+  c10::DispatchKeySet excluded({kRouterKey, c10::DispatchKey::Python,
+                                c10::DispatchKey::PythonTLSSnapshot,
+                                c10::DispatchKey::PreDispatch});
+  if (layer->level > functionalize_level_ && functionalizationIsOn()) {
+    excluded = excluded.add(c10::DispatchKey::Functionalize);
+  }
+  c10::impl::ExcludeDispatchKeyGuard no_router(excluded);
   op.callBoxed(stack);
+}
+
+// NOTE: [functionalize inside our transforms]
+// functionalize(f) called inside grad, vjp, jvp or vmap wraps our wrappers in torch's
+// FunctionalTensorWrappers, which inherit the router key (NOTE: [Tensors that inherit the
+// router key]). Functionalization is then the innermost transform, so it goes first: the
+// operator goes straight to its Functionalize kernel (its CompositeImplicitAutograd
+// decomposition first, if it has one, so views such as reshape are seen as views). That kernel
+// unwraps and calls the operator again on our wrappers, with the full dispatch state, so the
+// router then processes their level as usual (Autograd records at grad levels, vmap rules run).
+// When an argument is a wrapper of a level entered inside functionalize, that level is above
+// functionalization and goes first.
+// Skipping Autograd on the FunctionalTensorWrappers is what functorch's layer stack does too:
+// gradients flow through the wrapped tensors. Any other foreign tensor with the router key is
+// an error rather than a misread wrapper.
+void processFunctionalization(const c10::OperatorHandle& op, torch::jit::Stack* stack,
+                              c10::DispatchKeySet keys) {
+  TORCH_CHECK(keys.has(c10::DispatchKey::Functionalize),
+      "functorch_lite: the operator ", op.schema().operator_name(), " got a tensor subclass "
+      "that wraps a tensor of a functorch_lite transform; only torch's functionalization "
+      "wrappers (functorch_lite.functionalize) may wrap them.");
+  if (op.hasKernelForDispatchKey(c10::DispatchKey::CompositeImplicitAutograd) &&
+      !op.hasKernelForDispatchKey(c10::DispatchKey::Functionalize)) {
+    op.redispatchBoxed(c10::DispatchKeySet(c10::DispatchKey::CompositeImplicitAutograd), stack);
+    return;
+  }
+  const c10::DispatchKeySet below(c10::DispatchKeySet::FULL_AFTER,
+                                  c10::DispatchKey::Functionalize);
+  op.redispatchBoxed((keys & below).add(c10::DispatchKey::Functionalize), stack);
 }
 
 void routerFallback(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
   const size_t num_args = op.schema().arguments().size();
   const size_t begin = argumentsBegin(*stack, num_args);
   const LayerPtr* top = nullptr;
+  bool foreign = false;
+  c10::DispatchKeySet keys;
+  for (size_t i = begin; i < stack->size(); ++i) {
+    forEachTensor((*stack)[i], [&](const at::Tensor& t) {
+      if (t.defined()) keys = keys | t.key_set();
+      foreign = foreign || isForeignWithRouterKey(t);
+    });
+  }
   for (size_t i = begin; i < stack->size(); ++i) {
     bool has_dead = false;
     forEachTensor((*stack)[i], [&](const at::Tensor& t) {
@@ -91,6 +162,12 @@ void routerFallback(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
       const LayerPtr* layer = layerOf(t);
       if (layer != nullptr && (top == nullptr || (*layer)->level > (*top)->level)) top = layer;
     });
+  }
+  // Functionalization sits between the levels entered before and after functionalize; a
+  // level above it is processed first (FunctionalTensorWrappers are plain tensors to it).
+  if (foreign && (top == nullptr || (*top)->level <= functionalize_level_)) {
+    processFunctionalization(op, stack, keys);
+    return;
   }
   if (top == nullptr) {
     op.callBoxed(stack);  // only escaped grad wrappers were here: they act as their values
@@ -121,9 +198,13 @@ bool hasSameStorageNumel(const at::Tensor& self, const at::Tensor& other) {
   at::Tensor a = self;
   at::Tensor b = other;
   for (at::Tensor* t : {&a, &b}) {
-    while (layerOf(*t) != nullptr) {
+    while (layerOf(*t) != nullptr || at::functionalization::impl::isFunctionalTensor(*t)) {
       if (asBatched(*t) != nullptr) return true;
-      *t = asGradWrapper(*t)->value();
+      auto* wrapper = asGradWrapper(*t);
+      // a FunctionalTensorWrapper around our wrappers (NOTE: [functionalize inside our
+      // transforms]) is asked about the tensor it wraps
+      *t = wrapper != nullptr ? wrapper->value()
+                              : at::functionalization::impl::from_functional_tensor(*t);
     }
   }
   return at::_has_same_storage_numel(a, b);
@@ -135,17 +216,37 @@ bool hasSameStorageNumel(const at::Tensor& self, const at::Tensor& other) {
 // NOTE: [The level being processed]), innermost outside, as if it had been made from the
 // function's inputs. So writing tracked values into it in place is recorded at those levels,
 // rather than reported as mutating a captured tensor.
+//
+// NOTE: [Factory functions inside functionalize]
+// functionalize has no level of its own: it sits above the levels that were live when it was
+// entered and below the ones entered inside it (functionalize_level_). While functionalization
+// is on, a factory's plain result is wrapped at the grad levels below functionalize, then in a
+// FunctionalTensorWrapper, then at the grad levels above it, the order its inputs were wrapped
+// in. Otherwise a FunctionalTensorWrapper could end up under one of our wrappers inside a
+// functionalize that is itself inside that transform, and reach a CPU kernel unwrapped.
 void factoryKernel(const c10::OperatorHandle& op, c10::DispatchKeySet, torch::jit::Stack* stack) {
+  const bool functional = functionalizationIsOn();
   {
-    c10::impl::ExcludeDispatchKeyGuard no_mode(kModeKey);
+    c10::impl::ExcludeDispatchKeyGuard no_mode(
+        functional ? c10::DispatchKeySet({kModeKey, c10::DispatchKey::Functionalize})
+                   : c10::DispatchKeySet(kModeKey));
     op.callBoxed(stack);
   }
   const int64_t bound = processingBound();
   c10::IValue& out = stack->back();
-  for (const auto& layer : layerStack()) {
-    if (layer->kind == LayerKind::Vmap || layer->level >= bound) continue;
-    out = makeGradWrapper(out.toTensor(), layer);
+  auto wrapLevels = [&](auto&& selected) {
+    for (const auto& layer : layerStack()) {
+      if (layer->kind == LayerKind::Vmap || layer->level >= bound || !selected(*layer)) continue;
+      out = makeGradWrapper(out.toTensor(), layer);
+    }
+  };
+  if (!functional) {
+    wrapLevels([](const Layer&) { return true; });
+    return;
   }
+  wrapLevels([](const Layer& l) { return l.level <= functionalize_level_; });
+  out = at::functionalization::impl::to_functional_tensor(out.toTensor());
+  wrapLevels([](const Layer& l) { return l.level > functionalize_level_; });
 }
 
 bool mentionsTensor(const c10::TypePtr& type) {
@@ -184,6 +285,12 @@ void registerFactoryKernels() {
 }
 
 }  // namespace
+
+int64_t setFunctionalizeLevel(int64_t level) {
+  const int64_t previous = functionalize_level_;
+  functionalize_level_ = level;
+  return previous;
+}
 
 void registerRouter() {
   static torch::Library router(torch::Library::IMPL, "_", kRouterKey, __FILE__, __LINE__);

@@ -33,7 +33,9 @@ void unwrapKernel(const c10::OperatorHandle& op, c10::DispatchKeySet, torch::jit
       }
     });
   }
-  TORCH_INTERNAL_ASSERT(layer, "unwrap kernel reached without a grad wrapper: ", schema.name());
+  // Reachable from user code only with a foreign tensor that carries our backend key
+  TORCH_CHECK(layer, "functorch_lite: the operator ", schema.operator_name(), " got a tensor "
+      "that carries the key of a grad transform's wrapper without being one.");
 
   std::vector<c10::IValue> arguments(stack->begin() + begin, stack->end());
   for (size_t i = begin; i < stack->size(); ++i) {

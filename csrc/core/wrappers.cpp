@@ -4,6 +4,8 @@
 #include <c10/core/DispatchKeySet.h>
 #include <c10/util/Exception.h>
 
+#include <typeinfo>
+
 #include "core/keys.h"
 
 namespace functorch_lite {
@@ -35,12 +37,25 @@ c10::DispatchKeySet batchedKeys(const at::Tensor& value) {
 
 const c10::DispatchKeySet kGradWrapperKeys({kRouterKey, kUnwrapKey});
 
-bool isWrapper(const at::Tensor& t) {
+// NOTE: [Tensors that inherit the router key]
+// The router key alone does not make a tensor one of ours: torch's FunctionalTensorWrapper
+// copies the key set of the tensor it wraps, so functionalize(f) inside one of our transforms
+// makes tensors that carry the router key (and PrivateUse3) around our wrappers. The key set
+// says which of our two kinds a tensor would be; its dynamic type confirms it (a pointer
+// comparison when it is ours). router.cpp hands the foreign ones to their own kernels.
+bool carriesRouterKey(const at::Tensor& t) {
   return t.defined() && t.unsafeGetTensorImpl()->key_set().has(kRouterKey);
 }
 
 bool isGradWrapperKeySet(c10::DispatchKeySet ks) {
   return ks.has_backend(kUnwrapBackend);
+}
+
+bool isWrapper(const at::Tensor& t) {
+  if (!carriesRouterKey(t)) return false;
+  const c10::TensorImpl& impl = *t.unsafeGetTensorImpl();
+  return isGradWrapperKeySet(impl.key_set()) ? typeid(impl) == typeid(GradWrapperImpl)
+                                             : typeid(impl) == typeid(BatchedTensorImpl);
 }
 
 }  // namespace
@@ -62,7 +77,8 @@ void BatchedTensorImpl::replaceValue(at::Tensor value, int64_t bdim) {
 }
 
 void BatchedTensorImpl::refreshMetadata() {
-  TORCH_INTERNAL_ASSERT(bdim_ >= 0 && bdim_ < value_.dim());
+  TORCH_CHECK(bdim_ >= 0 && bdim_ < value_.dim(), "vmap: the batch dim ", bdim_,
+      " is out of range for a tensor with ", value_.dim(), " dims.");
   const auto sizes = value_.sym_sizes();
   const auto strides = value_.sym_strides();
   c10::SymDimVector logical_sizes;
@@ -162,6 +178,10 @@ const LayerPtr* layerOf(const at::Tensor& t) {
     return &static_cast<GradWrapperImpl*>(impl)->layer();
   }
   return &static_cast<BatchedTensorImpl*>(impl)->layer();
+}
+
+bool isForeignWithRouterKey(const at::Tensor& t) {
+  return carriesRouterKey(t) && !isWrapper(t);
 }
 
 at::Tensor makeBatched(at::Tensor value, int64_t bdim, const LayerPtr& layer) {

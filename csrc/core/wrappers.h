@@ -71,6 +71,10 @@ class GradWrapperImpl : public c10::TensorImpl {
 BatchedTensorImpl* asBatched(const at::Tensor& t);
 GradWrapperImpl* asGradWrapper(const at::Tensor& t);
 
+// A tensor that carries the router key but is not one of our wrappers (NOTE: [Tensors that
+// inherit the router key] in wrappers.cpp).
+bool isForeignWithRouterKey(const at::Tensor& t);
+
 // The layer of a wrapper, or nullptr for any other tensor.
 const LayerPtr* layerOf(const at::Tensor& t);
 

@@ -1,0 +1,143 @@
+"""The composition fuzzer: random programs under random stacks of transforms, against torch.func.
+
+Programs and stacks come from test/fuzz_programs.py (NOTE: [What the composition fuzzer
+generates]); each runs in a persistent worker process (test/composition_worker.py), so a
+segfault or a hang is one failed example, printed with its program, and the next example gets
+a fresh worker. An example fails on a crash, a hang or a mismatch of values. Where
+functorch_lite raises and torch.func gives a result ('ours_raises'), the example is counted and
+listed in the summary printed at the end (run pytest with -s), and fails only with
+FUZZ_STRICT=1: those are the known differences docs/limitations.md lists. FUZZ_EXAMPLES sets the number of examples (200 by default;
+`make fuzz` runs 10,000); the default run is derandomized, so it is the same 200 programs every
+time, and FUZZ_RANDOM=1 draws new ones. FUZZ_LOG=path appends every example that is not a
+pass (and every 'ours_raises') to that file. A crash it finds becomes a case of
+test_regressions_from_the_fuzzer.
+"""
+import collections
+import os
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from composition_worker import WorkerPool, describe
+from fuzz_programs import programs, transform_stacks
+
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "200"))
+OUTCOMES = collections.Counter()
+
+
+@pytest.fixture(scope="module")
+def worker():
+    pool = WorkerPool()
+    yield pool
+    pool.close()
+    print(f"\ncomposition fuzzer outcomes: {dict(OUTCOMES)}")
+    for detail, count in DIFFERENCES.most_common():
+        print(f"  ours raises where torch.func does not ({count}x): {detail}")
+
+
+STRICT = bool(os.environ.get("FUZZ_STRICT"))
+PASSING = ("same", "both_raise", "theirs_raises", "theirs_leaked") + (() if STRICT else ("ours_raises",))
+DIFFERENCES = collections.Counter()
+LOG = os.environ.get("FUZZ_LOG")
+# FUZZ_KEEP_GOING=1 (make fuzz): run every example instead of stopping at the first failure;
+# test_fuzz_summary, run after the examples, fails if any did.
+KEEP_GOING = bool(os.environ.get("FUZZ_KEEP_GOING"))
+FAILURES = []  # a file that collects every example that did not pass
+
+
+def _check(worker, source, stack, shape, seed=0):
+    result = worker.run(source, stack, shape, seed)
+    OUTCOMES[result["outcome"]] += 1
+    if result["outcome"] == "ours_raises":
+        DIFFERENCES[result["detail"][:160]] += 1
+    if LOG and result["outcome"] not in ("same", "both_raise", "theirs_raises"):
+        with open(LOG, "a") as log:
+            log.write(f"## {result['outcome']}: {result['detail'][:400]}\n"
+                      f"{describe(source, stack, shape)}\n\n")
+    message = f"{result['outcome']}: {result['detail']}\n{describe(source, stack, shape)}"
+    if KEEP_GOING and result["outcome"] not in PASSING:
+        FAILURES.append(message)
+        return
+    assert result["outcome"] in PASSING, message
+
+
+@settings(max_examples=EXAMPLES, deadline=None, database=None,
+          derandomize=not os.environ.get("FUZZ_RANDOM"),
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                 HealthCheck.function_scoped_fixture])
+@given(program=programs(), stack=transform_stacks())
+def test_random_compositions_match_torch_func(worker, program, stack):
+    source, shape = program
+    _check(worker, source, stack, shape)
+
+
+# Programs the fuzzer (or the issue that asked for it) found crashing or differing, kept as
+# regular cases: (source, stack innermost first, shape of x).
+REGRESSIONS = [
+    ("def f(x):\n    y = x + x\n    z = y.view(2, 3)\n    y.add_(torch.ones(3))\n"
+     "    return z.sum()",
+     [["functionalize", {}], ["grad", {}]], (2, 3)),
+    # forward AD asked _has_same_storage_numel about a FunctionalTensorWrapper around a batched
+    # tensor: the router's answer recursed into itself until the stack overflowed
+    ("def f(x):\n    v0 = x.sin()\n    return x",
+     [["jvp", {}], ["functionalize", {"remove": "mutations"}],
+      ["vmap", {"in_dims": 0, "out_dims": 0}]], (2, 3)),
+    # the basis of jacfwd, made inside functionalize, is batched around FunctionalTensorWrappers;
+    # the router handed the operator to functionalization before the jacfwd levels above it
+    ("def f(x):\n    v0 = x.sin()\n    return x",
+     [["jacfwd", {}], ["functionalize", {"remove": "mutations"}],
+      ["vmap", {"in_dims": 0, "out_dims": 0}]], (2, 3)),
+    # forward-AD formulas of a level entered inside functionalize ran the Functionalize kernel
+    # between Autograd and the unwrap kernel, which wrapped that level's wrappers upside down
+    ("def f(x):\n    v1 = x.clone()\n    v1.add_(x)\n    return torch.maximum(v1, v1 + 0.25)",
+     [["jvp", {}], ["jvp", {}], ["functionalize", {}]], (2, 3)),
+    ("def f(x):\n    v0 = torch.maximum(x, x + 0.25)\n    v2 = v0 * x\n"
+     "    v3 = torch.zeros((2, 3), dtype=x.dtype)\n    v3.add_(v2)\n    v2.clamp_(-2.0, 2.0)\n"
+     "    return v2",
+     [["jvp", {}], ["jacrev", {}], ["functionalize", {"remove": "mutations_and_views"}]], (2, 3)),
+    ("def f(x):\n    v0 = torch.zeros((2, 3), dtype=x.dtype)\n    x.add_(0.5)\n"
+     "    return torch.maximum(x, v0 + 0.25)",
+     [["jvp", {}], ["jacfwd", {}], ["functionalize", {"remove": "mutations_and_views"}]], (2, 3)),
+]
+
+# Programs that still differ from torch.func or crash (see docs/limitations.md).
+KNOWN_MISMATCHES = [
+    ("def f(x):\n    v0 = torch.zeros((2, 3), dtype=x.dtype)\n    v0.add_(x)\n"
+     "    v2 = v0.unsqueeze(0)\n    v3 = torch.empty_like(v2)\n    return v2",
+     [["functionalize", {}], ["grad", {}]], (2, 3),
+     "empty_like of a view of a mutated tensor inside grad(functionalize(f)) cuts the gradient"),
+    ("def f(x):\n    v0 = x * 1\n    v0.mul_(v0)\n    return v0",
+     [["functionalize", {}], ["jvp", {}], ["functionalize", {}]], (2, 3),
+     "a functionalize nested in another one (with a transform between) runs its body "
+     "unfunctionalized, so a self-aliased in-place op gets eager forward-AD semantics"),
+    ("def f(x):\n    v1 = x.abs() + 0.5\n    return v1 * 2.0",
+     [["grad", {}], ["jacrev", {}], ["functionalize", {}]], (2, 3),
+     "segfault: syncing the output of functionalize(jacrev(grad(f))) replays a view chain "
+     "(torch's apply_view_meta_sequence) that crashes, for abs but not sin"),
+    ("def f(x):\n    v0 = x.sum(0)\n    v1 = x.diagonal()\n    v2 = v1[1:]\n"
+     "    v3 = v0.expand(2, *v0.shape)\n    v0.mul_(v2)\n    return v3",
+     [["vjp", {}], ["vjp", {}]], (2, 3),
+     "an expand view of an intermediate read after an in-place write into its base: the "
+     "second-order vjp differs (a single vjp raises torch's `new_fn` internal assert)"),
+]
+
+
+@pytest.mark.parametrize(
+    "source, stack, shape",
+    [pytest.param(*case[:3], marks=pytest.mark.xfail(reason=case[3], strict=True))
+     for case in KNOWN_MISMATCHES], ids=[f"known{i}" for i in range(len(KNOWN_MISMATCHES))])
+def test_known_mismatches(worker, source, stack, shape):
+    _check(worker, source, stack, shape)
+
+
+@pytest.mark.parametrize("source, stack, shape", REGRESSIONS,
+                         ids=[f"case{i}" for i in range(len(REGRESSIONS))])
+def test_regressions_from_the_fuzzer(worker, source, stack, shape):
+    _check(worker, source, stack, shape)
+
+
+@pytest.mark.skipif(not KEEP_GOING, reason="only with FUZZ_KEEP_GOING=1: without it the first "
+                    "failing example fails test_random_compositions_match_torch_func itself")
+def test_fuzz_summary(worker):
+    counts = collections.Counter(m.split(":")[0] for m in FAILURES)
+    assert not FAILURES, f"{dict(counts)}; the first:\n{FAILURES[0]}"
