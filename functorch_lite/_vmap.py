@@ -243,7 +243,7 @@ def _chunked_call(func, in_dims, out_dims, randomness, chunk_size, args, kwargs)
             arg if dim is None else arg.narrow(dim, start, length)
             for arg, dim in zip(flat_args, flat_dims)
         ]
-        chunk_args = pytree.tree_unflatten(sliced, spec)
+        chunk_args = _unflatten(sliced, spec)
         chunks.append(_vmap_call(func, in_dims, out_dims, randomness, chunk_args, kwargs))
     if len(chunks) == 1:
         return chunks[0]
