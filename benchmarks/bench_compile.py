@@ -5,6 +5,7 @@ Run: python benchmarks/bench_compile.py [--threads 1] [--cold] [--transforms tor
 """
 
 import argparse
+import os
 import statistics
 import time
 
@@ -38,16 +39,26 @@ from functorch_lite.compile import aot_function, inductor_compile, nop, set_memo
 MODELS = ("mlp", "cnn", "embed", "transformer")  # benchmarks/workloads.py, as per_sample_grads.py
 
 
-def interleaved_medians_s(variants, args, warmup, repeats):
-    """Median seconds per variant; the variants take turns, so changes in load hit all alike."""
-    times = {label: [] for label in variants}
+def rotating_times_s(variants, args, warmup, repeats):
+    """Seconds per variant and round; round r starts with variant r (mod their number), so
+    changes in load hit all alike."""
+    labels = list(variants)
+    times = {label: [] for label in labels}
     for round_ in range(warmup + repeats):
-        for label, fn in variants.items():
+        shift = round_ % len(labels)
+        for label in labels[shift:] + labels[:shift]:
             start = time.perf_counter()
-            fn(*args)
+            variants[label](*args)
             if round_ >= warmup:
                 times[label].append(time.perf_counter() - start)
-    return {label: statistics.median(t) for label, t in times.items()}
+    return times
+
+
+def speedup_quartiles(times, label, reference="torch.func eager"):
+    """Per-round speedups of `label` over the reference: 25th, 50th, 75th percentile."""
+    speedups = [r / t for r, t in zip(times[reference], times[label])]
+    q = statistics.quantiles(speedups, n=4) if len(speedups) > 1 else speedups * 3
+    return [q[0], statistics.median(speedups), q[2]]
 
 
 def without_pool(fn):
@@ -78,6 +89,11 @@ def print_ratio_table(rows, columns):
         values += [r[f"{c} compile s"] for c in compiled]
         print(f"{r['case']:<28}" + "".join(f"{v:>{len(t) + 3}.2f}" for t, v in zip(titles, values)))
     print(f"speedup = {columns[0]} time / compiled time (above 1.0: the compiled one is faster)")
+    for r in rows:
+        spreads = "  ".join(f"{c} {r[f'speedup {c}'][1]:.2f} [{r[f'speedup {c}'][0]:.2f}-"
+                            f"{r[f'speedup {c}'][2]:.2f}]" for c in compiled)
+        print(f"{r['case']:<28}per-round speedups, median [25th-75th percentile]: {spreads}")
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
 
 
 def main():
@@ -144,7 +160,12 @@ def main():
                 variants["inductor no pool"] = without_pool(compiled)
                 row["inductor no pool compile s"] = row[f"{label} compile s"]
         progress(f"[{case}] timing")
-        row.update(interleaved_medians_s(variants, inputs, args.warmup, args.repeats))
+        times = rotating_times_s(variants, inputs, args.warmup, args.repeats)
+        row.update({label: statistics.median(t) for label, t in times.items()})
+        row["load_average"] = [round(v, 2) for v in os.getloadavg()]
+        for label in columns[1:]:
+            lo, mid, hi = row[f"speedup {label}"] = speedup_quartiles(times, label)
+            progress(f"[{case}] speedup of {label}: {mid:.2f} [{lo:.2f}-{hi:.2f}]")
         rows.append(row)
 
     print_ratio_table(rows, columns)

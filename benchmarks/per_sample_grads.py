@@ -15,6 +15,7 @@ per round (same load), reported as median [25th-75th percentile]. Peak resident 
 (VmHWM) is measured in a fresh subprocess per variant over --rss-steps calls that each replace
 the previous result (g = f(...)), as a training loop does. Run:
     python benchmarks/per_sample_grads.py [--repeats N] [--models mlp,cnn,...] [--rss-steps N]
+    python benchmarks/per_sample_grads.py --profile transformer   # where the time goes
 """
 import argparse
 import json
@@ -171,6 +172,21 @@ def peak_rss(name, variant, steps):
     return json.loads(out.strip().splitlines()[-1])
 
 
+def profile_case(name, calls=5):
+    """Where the time of functorch_lite and torch.func goes on one workload: operators by self
+    CPU time over `calls` calls (for a workload that misses its target)."""
+    warnings.simplefilter("ignore")
+    variants = make_variants(name)
+    for label in ("functorch_lite", "torch.func"):
+        variants[label]()
+        with torch.profiler.profile() as prof:
+            for _ in range(calls):
+                variants[label]()
+        print(f"\n{name}, {label}: operators by self CPU time over {calls} calls, load average "
+              f"{os.getloadavg()[0]:.1f}")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10)
@@ -178,10 +194,14 @@ def main():
     parser.add_argument("--no-loop", action="store_true", help="skip the per-example loop")
     parser.add_argument("--rss-steps", type=int, default=100,
                         help="calls per peak-RSS subprocess (0: do not measure memory)")
+    parser.add_argument("--profile", metavar="MODEL",
+                        help="print where functorch_lite's and torch.func's time goes, then exit")
     parser.add_argument("--rss-child", nargs=2, metavar=("MODEL", "VARIANT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_child:
         return peak_rss_child(*args.rss_child, args.rss_steps)
+    if args.profile:
+        return profile_case(args.profile)
     warnings.simplefilter("ignore")  # fallback performance warnings would clutter the table
 
     rows = []
