@@ -5,15 +5,13 @@ Run: python benchmarks/bench_compile.py [--threads 1] [--cold] [--transforms tor
 """
 
 import argparse
-import os
-import statistics
 import time
 
 import torch
 import torch.func
 
 import functorch_lite
-from common import assert_trees_close, progress, write_results
+from common import assert_trees_close, progress, ratio_text, timed_row, write_results
 from workloads import make_case, sample_loss
 from functorch_lite.compile import aot_function, inductor_compile, nop, set_memory_pool_enabled
 
@@ -39,28 +37,6 @@ from functorch_lite.compile import aot_function, inductor_compile, nop, set_memo
 MODELS = ("mlp", "cnn", "embed", "transformer")  # benchmarks/workloads.py, as per_sample_grads.py
 
 
-def rotating_times_s(variants, args, warmup, repeats):
-    """Seconds per variant and round; round r starts with variant r (mod their number), so
-    changes in load hit all alike."""
-    labels = list(variants)
-    times = {label: [] for label in labels}
-    for round_ in range(warmup + repeats):
-        shift = round_ % len(labels)
-        for label in labels[shift:] + labels[:shift]:
-            start = time.perf_counter()
-            variants[label](*args)
-            if round_ >= warmup:
-                times[label].append(time.perf_counter() - start)
-    return times
-
-
-def speedup_quartiles(times, label, reference="torch.func eager"):
-    """Per-round speedups of `label` over the reference: 25th, 50th, 75th percentile."""
-    speedups = [r / t for r, t in zip(times[reference], times[label])]
-    q = statistics.quantiles(speedups, n=4) if len(speedups) > 1 else speedups * 3
-    return [q[0], statistics.median(speedups), q[2]]
-
-
 def without_pool(fn):
     def call(*args):
         set_memory_pool_enabled(False)
@@ -81,19 +57,17 @@ def first_call_s(fn, args):
 def print_ratio_table(rows, columns):
     """Median times, speedups over torch.func eager (above 1: faster), compile times."""
     compiled = columns[1:]
-    titles = [f"{c} ms" for c in columns] + [f"speedup {c}" for c in compiled]
-    titles += [f"compile {c} s" for c in compiled]
-    print(f"{'case':<28}" + "".join(f"{t:>{len(t) + 3}}" for t in titles))
     for r in rows:
-        values = [r[c] * 1e3 for c in columns] + [r[columns[0]] / r[c] for c in compiled]
-        values += [r[f"{c} compile s"] for c in compiled]
-        print(f"{r['case']:<28}" + "".join(f"{v:>{len(t) + 3}.2f}" for t, v in zip(titles, values)))
-    print(f"speedup = {columns[0]} time / compiled time (above 1.0: the compiled one is faster)")
-    for r in rows:
-        spreads = "  ".join(f"{c} {r[f'speedup {c}'][1]:.2f} [{r[f'speedup {c}'][0]:.2f}-"
-                            f"{r[f'speedup {c}'][2]:.2f}]" for c in compiled)
-        print(f"{r['case']:<28}per-round speedups, median [25th-75th percentile]: {spreads}")
-    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+        print(f"{r['case']}")
+        for c in columns:
+            low, high = r["spread"][c]
+            line = f"  {c:<20}{r[c] * 1e3:>9.2f} ms ({low * 1e3:.2f}-{high * 1e3:.2f})"
+            if c in compiled:
+                line += f"  speedup {ratio_text(r['ratios'][f'{columns[0]} / {c}'])}"
+                line += f"  compile {r[f'{c} compile s']:.2f} s"
+            print(line)
+    print(f"median (interquartile range); speedup = {columns[0]} time / compiled time per "
+          "round, median (interquartile range), above 1.0: the compiled one is faster")
 
 
 def main():
@@ -160,12 +134,8 @@ def main():
                 variants["inductor no pool"] = without_pool(compiled)
                 row["inductor no pool compile s"] = row[f"{label} compile s"]
         progress(f"[{case}] timing")
-        times = rotating_times_s(variants, inputs, args.warmup, args.repeats)
-        row.update({label: statistics.median(t) for label, t in times.items()})
-        row["load_average"] = [round(v, 2) for v in os.getloadavg()]
-        for label in columns[1:]:
-            lo, mid, hi = row[f"speedup {label}"] = speedup_quartiles(times, label)
-            progress(f"[{case}] speedup of {label}: {mid:.2f} [{lo:.2f}-{hi:.2f}]")
+        ratios = [("torch.func eager", label) for label in variants if label != "torch.func eager"]
+        row.update(timed_row(case, variants, args.repeats, args.warmup, inputs, ratios))
         rows.append(row)
 
     print_ratio_table(rows, columns)

@@ -4,15 +4,13 @@ The loop is torch.autograd.functional (one backward per output row, vectorize=Fa
 Python loop over the batch for vmap(jacrev). Writes benchmarks/results/jacobians.{json,png}.
 """
 import argparse
-import statistics
 import sys
-import time
 
 import torch
 import torch.func
 
 import functorch_lite._jacobians as jac
-from common import progress, write_results
+from common import progress, ratio_text, timed_row, write_results
 from functorch_lite._vmap import vmap
 
 # NOTE: [What bench_jacobians measures]
@@ -75,17 +73,6 @@ def loop_reference(kind, f):
     return lambda x: functional.jacobian(f, x)
 
 
-def interleaved_medians(variants, args, warmup, repeat):
-    times = {name: [] for name in variants}
-    for round_ in range(warmup + repeat):
-        for name, fn in variants.items():
-            start = time.perf_counter()
-            fn(*args)
-            if round_ >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--warmup", type=int, default=3)
@@ -98,7 +85,7 @@ def main():
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), float32, "
           f"median of {args.repeat} runs")
     generator = torch.Generator().manual_seed(0)
-    header = f"{'case':<26}{'functorch_lite':>16}{'torch.func':>14}{'loop':>14}{'ratio':>8}"
+    header = f"{'case':<26}{'functorch_lite':>14}{'torch.func':>14}{'loop':>14}  ratio (IQR)"
     print(header)
     print("-" * len(header))
     worst = 0.0
@@ -110,17 +97,17 @@ def main():
         loop = loop_reference(kind, f)
         torch.testing.assert_close(ours(*inputs), ref(*inputs), atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(ours(*inputs), loop(*inputs), atol=1e-4, rtol=1e-4)
-        t = interleaved_medians({"ours": ours, "ref": ref, "loop": loop}, inputs, args.warmup,
-                                args.repeat)
-        ratio = t["ours"] / t["ref"]
-        worst = max(worst, ratio)
-        rows.append({"case": name, "functorch_lite": t["ours"], "torch.func": t["ref"],
-                     "loop": t["loop"]})
-        print(f"{name:<26}{t['ours'] * 1e3:>13.3f} ms{t['ref'] * 1e3:>11.3f} ms"
-              f"{t['loop'] * 1e3:>11.3f} ms{ratio:>8.2f}")
+        variants = {"functorch_lite": ours, "torch.func": ref, "loop": loop}
+        row = timed_row(name, variants, args.repeat, args.warmup, inputs)
+        ratio = row["ratios"]["functorch_lite / torch.func"]
+        worst = max(worst, ratio[1])
+        rows.append(row)
+        cells = "".join(f"{row[v] * 1e3:>11.3f} ms" for v in variants)
+        print(f"{name:<26}{cells}  {ratio_text(ratio)}")
         sys.stdout.flush()
-    print(f"ratio = functorch_lite / torch.func (below 1.0: functorch_lite is faster); "
-          f"worst {worst:.2f}")
+    print(f"medians; ratio = functorch_lite / torch.func per round, median (interquartile range), "
+          f"≈1.0 when the range holds 1.0; below 1.0: functorch_lite is faster; worst median "
+          f"{worst:.2f}")
     json_path, png = write_results("jacobians", rows, ["functorch_lite", "torch.func", "loop"])
     print(f"wrote {json_path}" + (f" and {png}" if png else ""))
 

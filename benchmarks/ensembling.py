@@ -16,9 +16,9 @@ import torch.nn.functional as F
 import functorch_lite
 from common import (
     assert_trees_close,
-    interleaved_median_seconds,
-    print_table,
+    format_table,
     progress,
+    timed_row,
     write_results,
 )
 
@@ -103,13 +103,14 @@ def main():
         assert_trees_close(ref(), expected)
         progress(f"[{case}] timing functorch_lite, torch.func and the loop, taking turns")
         variants = {"functorch_lite": ours, "torch.func": ref, "loop": naive}
-        rows.append({"case": case, **interleaved_median_seconds(variants, args.repeats)})
+        rows.append(timed_row(case, variants, args.repeats))
 
     columns = ["functorch_lite", "torch.func", "loop"]
-    print(f"\nensemble of {MODELS} MLPs 784-128-128-10, batch {BATCH} per model, torch "
-          f"{torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeats}\n")
-    print_table(rows, columns, "functorch_lite", "torch.func")
-    json_path, png = write_results("ensembling", rows, columns)
+    output = (f"ensemble of {MODELS} MLPs 784-128-128-10, batch {BATCH} per model, torch "
+              f"{torch.__version__}, {torch.get_num_threads()} threads, {args.repeats} rounds\n\n"
+              + format_table(rows, columns, "functorch_lite", "torch.func"))
+    print("\n" + output)
+    json_path, png = write_results("ensembling", rows, columns, output=output)
     print(f"\nwrote {json_path}" + (f" and {png}" if png else ""))
 
 

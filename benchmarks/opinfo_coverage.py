@@ -5,12 +5,15 @@ case of test/vmap_opinfo_utils.py (see NOTE: [Batched OpInfo cases]) against the
 reference. An OpInfo is "correct" when every case matches, and "without fallback" when it is
 correct with the for-loop fallback disabled (its ops have batching rules or decompose into ops
 that do). OpInfos whose samples all skip (the loop reference errors, random ops, no float32) are
-left out of both shares. A second table does the same for vmap over vjp (the backward operators
-that vmap(grad) and jacrev run; see NOTE: [Batched vjp cases]).
+left out of both shares. Data-dependent operators and dtype conversions are reported as their own
+rows, outside the headline shares (see NOTE: [OpInfo groups]). A second table does the same for
+vmap over vjp (the backward operators that vmap(grad) and jacrev run; see NOTE: [Batched vjp
+cases]).
 
     python benchmarks/opinfo_coverage.py [--max-samples N] [--ops name,name] [--no-write]
 
-Writes docs/opinfo_coverage.md and benchmarks/results/opinfo_coverage.json.
+Writes docs/opinfo_coverage.md, benchmarks/results/opinfo_coverage.json and the summary that
+docs/benchmarks.md quotes, docs/data/opinfo_coverage.json (with the commit and script hash).
 """
 import argparse
 import collections
@@ -28,6 +31,7 @@ sys.path.insert(0, os.path.join(ROOT, "test"))
 import functorch_lite  # noqa: E402
 from functorch_lite import _C  # noqa: E402
 import vmap_opinfo_utils as U  # noqa: E402
+from common import provenance  # noqa: E402
 
 
 def _ours_fallback(enabled):
@@ -43,6 +47,36 @@ IMPLS = {
     "torch.func": (torch.func.vmap, _theirs_fallback),
 }
 VJPS = {"functorch_lite": functorch_lite.vjp, "torch.func": torch.func.vjp}
+
+# NOTE: [OpInfo groups]
+# Two kinds of OpInfo would say little about batching rules if they were counted with the rest:
+# - data-dependent: the output shape (or, for index_put with a boolean mask, the set of written
+#   elements) depends on the values of the inputs. torch.func refuses such operators by design;
+#   ours runs them through the for-loop fallback, which works only when every sample gives the
+#   same shape (the per-sample data of NOTE: [Batched OpInfo cases] keeps mask counts, so they
+#   do). Counting them would make a design choice look like coverage;
+# - conversion: Tensor.to and the dtype methods (float(), bool(), ...) are one operator, _to_copy,
+#   so one difference in it (such as the memory format of a batched result) would count once per
+#   OpInfo.
+# Each group gets its own row; the headline shares are over the other OpInfos ("general").
+DATA_DEPENDENT = frozenset({
+    "nonzero", "nonzero_static", "argwhere", "masked_select", "unique", "unique_consecutive",
+    "histogram", "histogramdd", "histc", "bincount", "index_put", "repeat_interleave", "narrow",
+})
+CONVERSION = frozenset({
+    "to", "bool", "byte", "char", "short", "int", "long", "half", "bfloat16", "float", "double",
+    "chalf", "cfloat", "cdouble",
+})
+GROUPS = ("general", "data-dependent", "conversion")
+
+
+def group_of(op_name):
+    """The group (NOTE: [OpInfo groups]) of an OpInfo, by its operator name (no variant)."""
+    if op_name in DATA_DEPENDENT:
+        return "data-dependent"
+    if op_name in CONVERSION:
+        return "conversion"
+    return "general"
 
 
 def _first_line(e):
@@ -99,7 +133,7 @@ def check_vjp(op, name, samples):
 
 def check_opinfo(op, max_samples):
     name = op.name + (f".{op.variant_test_name}" if op.variant_test_name else "")
-    result = {"name": name, "skipped": None}
+    result = {"name": name, "group": group_of(op.name), "skipped": None}
     if U.is_random_op(op):
         result["skipped"] = "random op"
         return result
@@ -150,33 +184,48 @@ def check_opinfo(op, max_samples):
     return result
 
 
+def _shares(entries, n):
+    out = {}
+    for impl in IMPLS:
+        correct = sum(e[impl]["correct"] for e in entries)
+        nofb = sum(e[impl]["no_fallback"] for e in entries)
+        out[impl] = {"correct": correct, "no_fallback": nofb,
+                     "correct_share": correct / max(n, 1), "no_fallback_share": nofb / max(n, 1)}
+    return out
+
+
 def summarize(results):
+    """Headline figures over the general OpInfos, and one entry per group (NOTE: [OpInfo
+    groups]); "skipped" counts the skipped OpInfos of every group."""
     counted = [r for r in results if not r["skipped"]]
-    n = len(counted)
-    summary = {"opinfos": len(results), "counted": n, "skipped": len(results) - n}
-    for impl in IMPLS:
-        correct = sum(r[impl]["correct"] for r in counted)
-        nofb = sum(r[impl]["no_fallback"] for r in counted)
-        summary[impl] = {"correct": correct, "no_fallback": nofb,
-                         "correct_share": correct / max(n, 1), "no_fallback_share": nofb / max(n, 1)}
-    vjps = [r["vjp"] for r in counted if r.get("vjp")]
-    summary["vjp"] = {"counted": len(vjps)}
-    for impl in IMPLS:
-        correct = sum(v[impl]["correct"] for v in vjps)
-        nofb = sum(v[impl]["no_fallback"] for v in vjps)
-        summary["vjp"][impl] = {"correct": correct, "no_fallback": nofb,
-                                "correct_share": correct / max(len(vjps), 1),
-                                "no_fallback_share": nofb / max(len(vjps), 1)}
+    general = [r for r in counted if r["group"] == "general"]
+    summary = {"opinfos": len(results), "counted": len(general),
+               "skipped": len(results) - len(counted), **_shares(general, len(general))}
+    summary["groups"] = {}
+    for group in GROUPS[1:]:
+        members = [r for r in counted if r["group"] == group]
+        summary["groups"][group] = {"counted": len(members), **_shares(members, len(members))}
+    vjps = [r["vjp"] for r in general if r.get("vjp")]
+    summary["vjp"] = {"counted": len(vjps), **_shares(vjps, len(vjps))}
     return summary
+
+
+def _cell(entry, key):
+    return f"{entry[key]} ({100 * entry[key + '_share']:.1f}%)"
+
+
+def _names(rows):
+    return ", ".join(f"`{r['name']}`" for r in rows) or "(none)"
 
 
 def write_markdown(results, summary, path, elapsed):
     counted = [r for r in results if not r["skipped"]]
+    general = [r for r in counted if r["group"] == "general"]
     theirs_only = [r for r in counted
                    if r["torch.func"]["correct"] and not r["functorch_lite"]["correct"]]
     rules_gap = [r for r in counted if r["torch.func"]["no_fallback"]
                  and r["functorch_lite"]["correct"] and not r["functorch_lite"]["no_fallback"]]
-    ours_only = [r for r in counted
+    ours_only = [r for r in general
                  if r["functorch_lite"]["correct"] and not r["torch.func"]["correct"]]
     fallback_ops = collections.Counter()
     for r in counted:
@@ -192,33 +241,39 @@ def write_markdown(results, summary, path, elapsed):
         "Generated by `python benchmarks/opinfo_coverage.py` (torch "
         f"{torch.__version__}, CPU, float32; {elapsed / 60:.1f} min). Every OpInfo of torch's "
         "`op_db` and its samples, each tensor argument batched at dim 0 and at the last dim, "
-        "alone and all together, plus two nested vmap levels, compared with a for-loop "
-        "(see NOTE: [Batched OpInfo cases] in test/vmap_opinfo_utils.py). Both vmaps run on "
-        "the same inputs in the same process.",
+        "alone and all together, plus two nested vmap levels, compared with a for-loop. Every "
+        "sample of a batch has its own data: floating tensors scaled, integer and bool tensors "
+        "(indices, masks) permuted (see NOTE: [Batched OpInfo cases] in "
+        "test/vmap_opinfo_utils.py). Both vmaps run on the same inputs in the same process, "
+        "with the same tolerances (NOTE: [OpInfo tolerances]).",
         "",
         f"{summary['opinfos']} OpInfos, {summary['counted']} counted, {summary['skipped']} "
-        "skipped (no float32, the loop reference errors, random ops).",
+        "skipped (no float32, the loop reference errors, random ops). Data-dependent operators "
+        "and dtype conversions are not counted in the headline rows; they have their own rows "
+        "(NOTE: [OpInfo groups] in benchmarks/opinfo_coverage.py).",
         "",
         "| | functorch_lite.vmap | torch.func.vmap |",
         "| --- | --- | --- |",
-        f"| OpInfos fully correct | {ours['correct']} ({100 * ours['correct_share']:.1f}%) "
-        f"| {theirs['correct']} ({100 * theirs['correct_share']:.1f}%) |",
-        f"| correct without the for-loop fallback | {ours['no_fallback']} "
-        f"({100 * ours['no_fallback_share']:.1f}%) | {theirs['no_fallback']} "
-        f"({100 * theirs['no_fallback_share']:.1f}%) |",
+        f"| OpInfos fully correct | {_cell(ours, 'correct')} | {_cell(theirs, 'correct')} |",
+        f"| correct without the for-loop fallback | {_cell(ours, 'no_fallback')} "
+        f"| {_cell(theirs, 'no_fallback')} |",
+    ]
+    for group, entry in summary["groups"].items():
+        lines.append(f"| {group} OpInfos ({entry['counted']}) fully correct "
+                     f"| {_cell(entry['functorch_lite'], 'correct')} "
+                     f"| {_cell(entry['torch.func'], 'correct')} |")
+    lines += [
         "",
         "Backward operators: vmap over vjp (what vmap(grad) and jacrev run), every floating "
-        "input and a cotangent batched, on the OpInfos with differentiable samples "
+        "input and a cotangent batched, on the counted OpInfos with differentiable samples "
         f"({summary['vjp']['counted']}):",
         "",
         "| | functorch_lite | torch.func |",
         "| --- | --- | --- |",
-        f"| vmap(vjp) fully correct | {vjp_ours['correct']} "
-        f"({100 * vjp_ours['correct_share']:.1f}%) | {vjp_theirs['correct']} "
-        f"({100 * vjp_theirs['correct_share']:.1f}%) |",
-        f"| correct without the for-loop fallback | {vjp_ours['no_fallback']} "
-        f"({100 * vjp_ours['no_fallback_share']:.1f}%) | {vjp_theirs['no_fallback']} "
-        f"({100 * vjp_theirs['no_fallback_share']:.1f}%) |",
+        f"| vmap(vjp) fully correct | {_cell(vjp_ours, 'correct')} "
+        f"| {_cell(vjp_theirs, 'correct')} |",
+        f"| correct without the for-loop fallback | {_cell(vjp_ours, 'no_fallback')} "
+        f"| {_cell(vjp_theirs, 'no_fallback')} |",
         "",
         f"## torch.func correct, functorch_lite not ({len(theirs_only)})",
         "",
@@ -243,12 +298,28 @@ def write_markdown(results, summary, path, elapsed):
         f"## Correct on both, but ours needs the fallback where torch.func does not "
         f"({len(rules_gap)})",
         "",
-        ", ".join(f"`{r['name']}`" for r in rules_gap) or "(none)",
+        _names(rules_gap),
         "",
         f"## functorch_lite correct, torch.func not ({len(ours_only)})",
         "",
-        ", ".join(f"`{r['name']}`" for r in ours_only) or "(none)",
+        _names(ours_only),
         "",
+    ]
+    for group in GROUPS[1:]:
+        members = [r for r in counted if r["group"] == group]
+        lines += [
+            f"## {group.capitalize()} OpInfos ({len(members)})",
+            "",
+            "| OpInfo | functorch_lite | torch.func |",
+            "| --- | --- | --- |",
+        ]
+        for r in members:
+            cells = [("correct" if r[impl]["correct"] else "fails") +
+                     ("" if r[impl]["no_fallback"] or not r[impl]["correct"] else
+                      " (fallback)") for impl in IMPLS]
+            lines.append(f"| `{r['name']}` | {cells[0]} | {cells[1]} |")
+        lines.append("")
+    lines += [
         "## Operators that still reach our for-loop fallback (number of OpInfos)",
         "",
         ", ".join(f"`{o}` ({c})" for o, c in fallback_ops.most_common()) or "(none)",
@@ -293,9 +364,13 @@ def main():
     print(json.dumps(summary, indent=2))
     if opts.no_write:
         return
+    origin = provenance(__file__)
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     with open(os.path.join(HERE, "results", "opinfo_coverage.json"), "w") as f:
-        json.dump({"summary": summary, "results": results}, f, indent=1)
+        json.dump({"provenance": origin, "summary": summary, "results": results}, f, indent=1)
+    # the copy docs/benchmarks.md quotes: the summary and where it came from
+    with open(os.path.join(ROOT, "docs", "data", "opinfo_coverage.json"), "w") as f:
+        json.dump({"provenance": origin, "summary": summary}, f, indent=2)
     write_markdown(results, summary, os.path.join(ROOT, "docs", "opinfo_coverage.md"), elapsed)
 
 

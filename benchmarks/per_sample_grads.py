@@ -9,9 +9,9 @@ MNIST CNN (also at batch 256: cnn256), a small embedding + layer-norm model, a t
   torch.func       torch.func.vmap(torch.func.grad(loss))
   loop             a per-example loop of autograd.grad (the ensemble: a loop over models)
   opacus           Opacus' hooks, when it is installed (not for the ensemble)
-Each is checked for agreement before it is timed. The variants take turns, starting from a
-different one each round, so that load from other processes hits them alike; the ratios are
-per round (same load), reported as median [25th-75th percentile]. Peak resident memory
+Each is checked for agreement before it is timed; the variants take turns in a new order every
+round, each timed right after an untimed call of itself (NOTE: [Timing that order cannot bias]
+in common.py); the ratios pair the variants' times of one round: median (interquartile range). Peak resident memory
 (VmHWM) is measured in a fresh subprocess per variant over --rss-steps calls that each replace
 the previous result (g = f(...)), as a training loop does. Run:
     python benchmarks/per_sample_grads.py [--repeats N] [--models mlp,cnn,...] [--rss-steps N]
@@ -20,17 +20,22 @@ the previous result (g = f(...)), as a training loop does. Run:
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 import warnings
 
 import torch
 import torch.nn.functional as F
 
 import functorch_lite
-from common import assert_trees_close, progress, write_results
+from common import (
+    assert_trees_close,
+    format_table,
+    progress,
+    ratio_text,
+    timed_row,
+    write_results,
+)
 from workloads import ENSEMBLE, ensemble_loss, make_case, make_ensemble, sample_loss
 
 MODELS = "mlp,cnn,cnn256,embed,transformer,ensemble"
@@ -129,25 +134,6 @@ def make_variants(name):
     return ensemble_variants() if name == "ensemble" else sample_variants(name)
 
 
-def rotating_times(variants, repeats, warmup=2):
-    """Seconds of each variant per round; round r starts with variant r (mod their number)."""
-    labels = list(variants)
-    times = {label: [] for label in labels}
-    for round_ in range(warmup + repeats):
-        shift = round_ % len(labels)
-        for label in labels[shift:] + labels[:shift]:
-            start = time.perf_counter()
-            variants[label]()
-            if round_ >= warmup:
-                times[label].append(time.perf_counter() - start)
-    return times
-
-
-def quartiles(values):
-    q = statistics.quantiles(values, n=4) if len(values) > 1 else values * 3
-    return q[0], statistics.median(values), q[2]
-
-
 def peak_rss_child(name, variant, steps):
     """Runs in a fresh process: VmHWM after `steps` calls of one variant, and VmRSS before."""
     warnings.simplefilter("ignore")
@@ -191,6 +177,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--models", default=MODELS)
+    parser.add_argument("--seed", type=int, default=0, help="seeds the order of the variants")
     parser.add_argument("--no-loop", action="store_true", help="skip the per-example loop")
     parser.add_argument("--rss-steps", type=int, default=100,
                         help="calls per peak-RSS subprocess (0: do not measure memory)")
@@ -214,44 +201,36 @@ def main():
         for label, fn in variants.items():
             assert_trees_close(fn(), expected)
         progress(f"[{name}] timing {', '.join(variants)}, taking turns")
-        times = rotating_times(variants, args.repeats)
-        row = {"case": name, "load_average": [round(v, 2) for v in os.getloadavg()]}
-        for label, t in times.items():
-            row[label] = statistics.median(t)
-            if label != "torch.func":
-                ratios = [a / b for a, b in zip(t, times["torch.func"])]
-                row[f"{label} / torch.func"] = quartiles(ratios)
+        ratios = [(label, "torch.func") for label in variants if label != "torch.func"]
+        row = timed_row(name, variants, args.repeats, seed=args.seed, ratios=ratios)
         if args.rss_steps:
             for label in RSS_VARIANTS:
                 progress(f"[{name}] peak RSS of {args.rss_steps} calls of {label}")
                 row[f"{label} peak RSS"] = peak_rss(name, label, args.rss_steps)["peak"]
         rows.append(row)
-        print_row(row, args.rss_steps)
+        progress(row_lines(row, args.rss_steps))
 
     columns = [c for c in ("functorch_lite", "no pool", "torch.func", "loop", "opacus")
                if all(c in r for r in rows)]
-    print(f"\nper-sample gradients, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"median of {args.repeats}, load average {os.getloadavg()[0]:.1f} on "
-          f"{os.cpu_count()} CPUs\n")
-    for row in rows:
-        print_row(row, args.rss_steps)
-    json_path, png = write_results("per_sample_grads", rows, columns)
+    output = (f"per-sample gradients, torch {torch.__version__}, {torch.get_num_threads()} "
+              f"threads, {args.repeats} rounds\n\n"
+              + format_table(rows, columns, "functorch_lite", "torch.func") + "\n\n"
+              + "\n".join(row_lines(row, args.rss_steps) for row in rows))
+    print("\n" + output)
+    json_path, png = write_results("per_sample_grads", rows, columns, output=output)
     print(f"\nwrote {json_path}" + (f" and {png}" if png else ""))
 
 
-def print_row(row, rss_steps):
-    times = "  ".join(f"{k} {row[k] * 1e3:.1f} ms" for k in
-                      ("functorch_lite", "no pool", "torch.func", "loop", "opacus") if k in row)
-    print(f"{row['case']:<12} {times}")
-    for label in ("functorch_lite", "no pool", "loop", "opacus"):
-        if f"{label} / torch.func" in row:
-            lo, mid, hi = row[f"{label} / torch.func"]
-            print(f"{'':12} {label} / torch.func: {mid:.2f} [{lo:.2f}-{hi:.2f}]")
+def row_lines(row, rss_steps):
+    """Every paired ratio against torch.func and, when measured, the peak RSS of each variant."""
+    lines = [f"{row['case']:<12} " + "  ".join(
+        f"{label}: {ratio_text(stats)}" for label, stats in row["ratios"].items())]
     if rss_steps:
         ref = row["torch.func peak RSS"]
-        cells = "  ".join(f"{label} {row[f'{label} peak RSS'] / 2**20:.0f} MiB "
-                          f"({row[f'{label} peak RSS'] / ref:.2f}x)" for label in RSS_VARIANTS)
-        print(f"{'':12} peak RSS over {rss_steps} calls: {cells}")
+        lines.append(f"{'':12} peak RSS over {rss_steps} calls: " + "  ".join(
+            f"{label} {row[f'{label} peak RSS'] / 2**20:.0f} MiB "
+            f"({row[f'{label} peak RSS'] / ref:.2f}x)" for label in RSS_VARIANTS))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,10 @@
     python benchmarks/record_output.py bench_jacobians.py [ARGS...]
 
 The benchmark's output is passed through as it comes (so its progress shows), and written with
-the command and common.machine() to benchmarks/results/<script name>.json, which
-docs/benchmarks.md can quote (see NOTE: [Docs as tests] in test/test_docs.py). The "threads"
-field is left out: the benchmark sets its own thread count and prints it.
+the command, common.machine() and common.provenance() (the commit and the script's hash) to
+benchmarks/results/<script name>.json, which docs/benchmarks.md can quote (see NOTE: [Docs as
+tests] in test/test_docs.py). The "threads" field is left out: the benchmark sets its own thread
+count and prints it.
 """
 import json
 import os
@@ -13,7 +14,7 @@ import subprocess
 import sys
 import time
 
-from common import RESULTS, machine, progress
+from common import RESULTS, machine, progress, provenance
 
 
 def main():
@@ -42,6 +43,7 @@ def main():
     with open(path, "w") as f:
         json.dump({
             "machine": info,
+            "provenance": provenance(os.path.join(here, script)),
             "command": " ".join(["python", script, *args]),
             "seconds": round(time.time() - start, 1),
             "output": "".join(lines),

@@ -12,6 +12,7 @@
 #include "core/layer.h"
 #include "core/router.h"
 #include "core/unwrap.h"
+#include "core/version.h"
 #include "core/wrappers.h"
 
 namespace functorch_lite {
@@ -186,6 +187,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("_jvp_level", [](std::string api) {
     return std::make_unique<PyLayer>(LayerKind::Jvp, 0, Randomness::Error, std::move(api));
   });
+  m.attr("_built_torch_release") = kBuiltTorchRelease;
   m.def("_layer_depth", [] { return layerStack().size(); });
 
   m.def("_add_batch_dim", &addBatchDim);

@@ -2,9 +2,18 @@
 
 `import functorch_lite as functorch` gives the names of functorch and of torch's func namespace.
 """
-import torch  # noqa: F401  (loads libtorch before the extension)
+import torch  # loaded before the extension, which links against libtorch
 
-from functorch_lite import _C, _custom_ops, _repr  # noqa: F401
+from functorch_lite import _C
+
+if _C._built_torch_release != ".".join(torch.__version__.split(".")[:2]):
+    raise ImportError(
+        f"functorch_lite was built against torch {_C._built_torch_release} but torch "
+        f"{torch.__version__} is installed: rebuild it (`make build`, or reinstall with "
+        f"`pip install --no-build-isolation .`)"
+    )
+
+from functorch_lite import _custom_ops, _repr  # noqa: E402, F401
 from functorch_lite._autodiff import grad, grad_and_value, vjp
 from functorch_lite._forward import jvp
 from functorch_lite._linearize import linearize

@@ -26,7 +26,15 @@ from functorch_lite import _C
 # As in torch.func the Function must define setup_context (forward without ctx). A Function applied
 # by an operator's autograd kernel while the router processes a grad level (custom operators
 # with torch.library.register_autograd) is part of that operator: torch's apply records it.
-_torch_apply = torch.autograd.Function.__dict__["apply"].__func__
+# torch's own apply: a Python classmethod in torch 2.13, a C classmethod descriptor in 2.14.
+# Binding it through the descriptor protocol works for both.
+_torch_apply_descriptor = torch.autograd.Function.__dict__["apply"]
+
+
+def _torch_apply(cls, *args, **kwargs):
+    return _torch_apply_descriptor.__get__(None, cls)(*args, **kwargs)
+
+
 _DOCS = "See https://pytorch.org/docs/main/notes/extending.func.html"
 
 VmapInfo = collections.namedtuple("VmapInfo", ["batch_size", "randomness"])

@@ -497,6 +497,37 @@ def test_inductor_compile_matches_eager(recwarn):
     assert not [w for w in recwarn if "inductor_compile:" in str(w.message)]
 
 
+def _inductor_that_fails(monkeypatch):
+    """inductor_compile with TorchInductor failing as it does without a C++ compiler."""
+    from functorch_lite.compile import _compilers
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(_compilers, "_retraced", fail)
+
+
+def test_inductor_failure_warns_with_the_reason_and_runs_uncompiled(monkeypatch):
+    _inductor_that_fails(monkeypatch)
+    monkeypatch.delenv("FUNCTORCH_LITE_INDUCTOR_STRICT", raising=False)
+    with pytest.warns(UserWarning) as record:
+        check_matches_eager(aot_function(mlp_loss, inductor_compile), mlp_loss, mlp_args())
+    messages = [str(w.message) for w in record if "inductor_compile:" in str(w.message)]
+    assert messages, "the fallback to the uncompiled graph must warn"
+    assert "TorchInductor could not compile the forward graph" in messages[0]
+    assert "RuntimeError: no C++ compiler found" in messages[0]
+    assert "FUNCTORCH_LITE_INDUCTOR_STRICT=1" in messages[0]
+
+
+def test_inductor_failure_is_an_error_when_strict(monkeypatch):
+    _inductor_that_fails(monkeypatch)
+    monkeypatch.setenv("FUNCTORCH_LITE_INDUCTOR_STRICT", "1")
+    with pytest.raises(RuntimeError, match=r"^inductor_compile: TorchInductor could not compile "
+                                           r"the forward graph \(RuntimeError: no C\+\+ compiler "
+                                           r"found\)\. Unset FUNCTORCH_LITE_INDUCTOR_STRICT"):
+        aot_function(mlp_loss, inductor_compile)(*mlp_args())
+
+
 # ---------------------------------------------------------------------------------------
 # Composition with functorch_lite's transforms, and API surface.
 

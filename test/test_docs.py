@@ -25,7 +25,9 @@ NOTE: [Docs as tests]
 generated tables from what the code prints and what the data files hold; review the diff.
 """
 import contextlib
+import hashlib
 import importlib
+import importlib.util
 import inspect
 import io
 import json
@@ -230,8 +232,30 @@ def test_quickstart_installs_as_the_readme_says():
 
 # --- generated benchmark tables ---------------------------------------------------------------
 
+def _benchmark_common():
+    """benchmarks/common.py, whose ratio_text formats ratios the same way the scripts print them."""
+    spec = importlib.util.spec_from_file_location("benchmark_common", ROOT / "benchmarks" / "common.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _ms(seconds):
     return f"{seconds * 1e3:.2f}"
+
+
+def _ms_spread(row, column):
+    """A median in ms, with its interquartile range when the row records one."""
+    spread = row.get("spread", {}).get(column)
+    if spread is None:
+        return _ms(row[column])
+    return f"{_ms(row[column])} ({_ms(spread[0])}-{_ms(spread[1])})"
+
+
+def _ratio(row, name, fallback):
+    """A recorded paired ratio (median, interquartile range, ≈1.0 when it holds 1.0)."""
+    stats = row.get("ratios", {}).get(name)
+    return _benchmark_common().ratio_text(stats) if stats else f"{fallback:.2f}"
 
 
 def _machine_line(data):
@@ -243,20 +267,24 @@ def _machine_line(data):
     if "load_average" in m:
         one, five, fifteen = m["load_average"]
         line += f"; load average {one:.2f} / {five:.2f} / {fifteen:.2f} (1 / 5 / 15 min) at the end"
+    commit = data.get("provenance", {}).get("commit")
+    if commit:
+        line += f"; commit {commit[:10]}"
     return line + "."
 
 
 def render_three_way(data):
-    """functorch_lite / torch.func / loop medians (per_sample_grads.py, ensembling.py)."""
-    lines = [
-        "| case | functorch_lite (ms) | torch.func (ms) | loop (ms) "
-        "| functorch_lite / torch.func | loop / functorch_lite |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
-    ]
+    """functorch_lite / torch.func / loop (/ opacus) medians (per_sample_grads.py, ensembling.py)."""
+    extra = [c for c in ("opacus",) if c in data["rows"][0]]
+    head = ["case", "functorch_lite (ms)", "torch.func (ms)", "loop (ms)"]
+    head += [f"{c} (ms)" for c in extra] + ["functorch_lite / torch.func", "loop / functorch_lite"]
+    lines = ["| " + " | ".join(head) + " |", "| --- |" + " ---: |" * (len(head) - 1)]
     for r in data["rows"]:
         ours, theirs, loop = r["functorch_lite"], r["torch.func"], r["loop"]
-        lines.append(f"| {r['case']} | {_ms(ours)} | {_ms(theirs)} | {_ms(loop)} "
-                     f"| {ours / theirs:.2f} | {loop / ours:.2f} |")
+        cells = [r["case"]] + [_ms_spread(r, c) for c in ("functorch_lite", "torch.func", "loop")]
+        cells += [_ms_spread(r, c) for c in extra]
+        cells += [_ratio(r, "functorch_lite / torch.func", ours / theirs), f"{loop / ours:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines + ["", _machine_line(data)]
 
 
@@ -269,8 +297,9 @@ def render_compile(data):
     lines = ["| " + " | ".join(head) + " |", "| --- | --- |" + " ---: |" * (len(head) - 2)]
     for r in data["rows"]:
         eager = r["torch.func eager"]
-        cells = [r["case"], r["transforms"], _ms(eager)]
-        cells += [_ms(r[c]) for c in compilers] + [f"{eager / r[c]:.2f}" for c in compilers]
+        cells = [r["case"], r["transforms"], _ms_spread(r, "torch.func eager")]
+        cells += [_ms_spread(r, c) for c in compilers]
+        cells += [_ratio(r, f"torch.func eager / {c}", eager / r[c]) for c in compilers]
         cells += [f"{r[f'{c} compile s']:.2f}" for c in compilers]
         lines.append("| " + " | ".join(cells) + " |")
     return lines + ["", _machine_line(data)]
@@ -280,7 +309,10 @@ def render_opinfo(data):
     """opinfo_coverage.py's summary."""
     s = data["summary"]
     lines = [
-        f"{s['opinfos']} OpInfos, {s['counted']} counted, {s['skipped']} skipped.",
+        f"{s['opinfos']} OpInfos, {s['counted']} counted, "
+        + "".join(f"{g['counted']} {name} ones in their own row, "
+                  for name, g in s.get("groups", {}).items())
+        + f"{s['skipped']} skipped.",
         "",
         "| | functorch_lite.vmap | torch.func.vmap |",
         "| --- | ---: | ---: |",
@@ -290,6 +322,10 @@ def render_opinfo(data):
         cells = [f"{s[impl][key]} ({100 * s[impl][key + '_share']:.1f}%)"
                  for impl in ("functorch_lite", "torch.func")]
         lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
+    for group, g in s.get("groups", {}).items():  # NOTE: [OpInfo groups] in opinfo_coverage.py
+        cells = [f"{g[impl]['correct']} ({100 * g[impl]['correct_share']:.1f}%)"
+                 for impl in ("functorch_lite", "torch.func")]
+        lines.append(f"| {group} OpInfos ({g['counted']}), fully correct | {cells[0]} | {cells[1]} |")
     return lines
 
 
@@ -299,14 +335,22 @@ def render_output(data):
             *data["output"].rstrip("\n").splitlines(), "```", "", _machine_line(data)]
 
 
+def render_printed(data):
+    """The table a benchmark printed, as it printed it (README's `make demo` output)."""
+    return ["```text", *data["output"].rstrip("\n").splitlines(), "```"]
+
+
 RENDERERS = {
     "three-way": render_three_way,
     "compile": render_compile,
     "opinfo": render_opinfo,
     "output": render_output,
+    "printed": render_printed,
 }
 
 MARKER = re.compile(r"^<!-- begin: (\S+) (\S+) -->\n(.*?)^<!-- end: \1 -->$", re.M | re.S)
+# Pages that quote benchmark figures; their sources are relative to docs/.
+FIGURE_PAGES = [BENCHMARKS_MD, ROOT / "README.md"]
 
 
 def rendered(renderer, source):
@@ -318,17 +362,25 @@ def generated_tables(text):
     return [(m.group(1), m.group(2), m.group(3), m) for m in MARKER.finditer(text)]
 
 
+def quoted_tables():
+    """(page, renderer, source, body) of every generated table of the pages that quote figures."""
+    return [(page, *table[:3]) for page in FIGURE_PAGES
+            for table in generated_tables(page.read_text())]
+
+
 def test_benchmark_tables_match_their_data():
     text = BENCHMARKS_MD.read_text()
-    tables = generated_tables(text)
-    assert tables, "docs/benchmarks.md quotes no generated table"
-    assert text.count("<!-- begin:") == len(tables), "a begin marker without its end marker"
-    for renderer, source, body, _ in tables:
+    assert generated_tables(text), "docs/benchmarks.md quotes no generated table"
+    for page in FIGURE_PAGES:
+        text = page.read_text()
+        assert text.count("<!-- begin:") == len(generated_tables(text)), (
+            f"{page.name}: a begin marker without its end marker")
+    for page, renderer, source, body in quoted_tables():
         assert renderer in RENDERERS, f"unknown renderer {renderer!r}"
-        assert (DOCS / source).is_file(), f"docs/benchmarks.md quotes missing {source}"
+        assert (DOCS / source).is_file(), f"{page.name} quotes missing {source}"
         assert body == rendered(renderer, source), (
-            f"docs/benchmarks.md: the {renderer} table from {source} does not match the data; "
-            f"run `python test/test_docs.py --update docs/benchmarks.md`"
+            f"{page.name}: the {renderer} table from {source} does not match the data; "
+            f"run `python test/test_docs.py --update {page.relative_to(ROOT)}`"
         )
 
 
@@ -341,10 +393,42 @@ def test_benchmark_charts_exist():
 
 
 def test_quoted_data_carries_its_machine():
-    for renderer, source, _, _ in generated_tables(BENCHMARKS_MD.read_text()):
+    for page, renderer, source, _ in quoted_tables():
         data = json.loads((DOCS / source).read_text())
-        if renderer != "opinfo":  # opinfo_coverage.py records no machine; it counts, not times
+        if renderer != "opinfo":  # opinfo_coverage.py counts, it does not time
             assert set(data["machine"]) >= {"python", "torch", "processor", "cpus"}, source
+
+
+def test_quoted_data_comes_from_the_scripts_as_they_are():
+    """Every quoted JSON names the commit and the script that wrote it, and the script's hash
+    then equals its hash now: a changed benchmark must be run again before its figures show."""
+    for page, _, source, _ in quoted_tables():
+        data = json.loads((DOCS / source).read_text())
+        origin = data.get("provenance")
+        assert origin and origin.get("commit") and origin.get("script"), (
+            f"{source} does not say which commit and script wrote it")
+        script = ROOT / origin["script"]
+        assert script.is_file(), f"{source} was written by {origin['script']}, which is gone"
+        digest = hashlib.sha256(script.read_bytes()).hexdigest()
+        assert digest == origin["script_sha256"], (
+            f"{page.name} quotes {source}, written by {origin['script']} as it was at commit "
+            f"{origin['commit'][:10]}; the script has changed since: run it again and copy its JSON")
+
+
+# A measured figure: a number with a unit of time, a speedup or a ratio ("3.55 ms", "4.4x").
+FIGURE = re.compile(r"\b\d+(?:\.\d+)?\s?(?:ms|µs|us|s|seconds|x|×)(?!\w)")
+
+
+def test_figures_in_prose_come_from_data():
+    """Outside generated tables and code, the pages that quote benchmarks state no measured
+    figure: a number typed into prose would not follow the data when it is measured again."""
+    for page in FIGURE_PAGES:
+        prose = _prose(MARKER.sub("", page.read_text()))
+        prose = re.sub(r"`[^`\n]*`", "", prose)
+        figures = FIGURE.findall(prose)
+        assert not figures, (
+            f"{page.name} states figures outside its generated tables: {figures}; quote them "
+            f"from the data (a generated table) instead")
 
 
 # --- docs/api.md: every public name, with its signature ----------------------------------------
@@ -394,7 +478,7 @@ def test_api_md_has_every_public_name_with_its_signature():
 
 def _update(path):
     text = path.read_text()
-    if path == BENCHMARKS_MD:
+    if path in FIGURE_PAGES:
         text = MARKER.sub(
             lambda m: (f"<!-- begin: {m.group(1)} {m.group(2)} -->\n"
                        f"{rendered(m.group(1), m.group(2))}<!-- end: {m.group(1)} -->"),

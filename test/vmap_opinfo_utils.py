@@ -9,12 +9,25 @@ from torch.utils import _pytree as pytree
 
 # NOTE: [Batched OpInfo cases]
 # Like functorch's test generator: for each OpInfo sample (float32, CPU, no grad), every tensor
-# among (input, *args) is batched by stacking B copies along the batch dim, either dim 0 or the
-# last dim (a non-zero dim), once alone and once all together; a last case batches every tensor
-# at two nested vmap levels. The copies are perturbed (floating tensors scaled by a positive
-# factor, which keeps signs, zeros, symmetry and positive-definiteness, so inputs stay in the
-# op's domain) so that a rule mixing up samples fails. kwargs stay unbatched (vmap maps
-# positional arguments only). The reference is a Python loop over the samples, stacked.
+# among (input, *args) is batched by stacking B per-sample variants along the batch dim, either
+# dim 0 or the last dim (a non-zero dim), once alone and once all together; a last case batches
+# every tensor at two nested vmap levels. The reference is a Python loop over the samples,
+# stacked. kwargs stay unbatched (vmap maps positional arguments only).
+# Each sample gets its own data, so that a rule mixing up samples, or one that reads the indices
+# or mask of sample 0 for all of them, fails:
+# - floating tensors are scaled by a positive factor, which keeps signs, zeros, symmetry and
+#   positive-definiteness, so inputs stay in the op's domain;
+# - integer and bool tensors (indices, masks, targets, repeats) are permuted: flipped along
+#   every dim and/or rolled by one along every dim. Both map each slice along any dim onto a
+#   slice (reordered), so an index stays in range, the values of one slice stay distinct when
+#   they were (scatter), the number of true mask entries is kept (masked_scatter, and the
+#   output shape of masked_select and nonzero), and per-sample results differ;
+# - sorted 1-D integer tensors (offsets, boundaries, split points) are kept: permuting them
+#   leaves the op's domain. So are integer tensors with one element (their valid range is not
+#   known) and, necessarily, constant ones; bool tensors with one element are negated for odd
+#   samples.
+# test/test_vmap_per_sample_indices.py draws indices independently per sample instead, for the
+# indexing, gather/scatter and mask rules.
 B = 3
 B_OUTER = 2
 _SCALES = (1.0, 0.75, 0.5, 0.875, 0.625, 0.9)
@@ -24,10 +37,26 @@ class Skip(Exception):
     """This sample (or OpInfo) cannot be checked; the message says why."""
 
 
-def _perturb(t, k):
-    if (t.is_floating_point() or t.is_complex()) and k > 0:
-        return t * _SCALES[k % len(_SCALES)]
+def _permute(t, k):
+    """The k-th per-sample variant of an integer or bool tensor (see NOTE above)."""
+    if t.dim() == 0 or t.numel() <= 1:
+        return ~t if t.dtype == torch.bool and k % 2 else t.clone()
+    if t.dim() == 1 and t.dtype != torch.bool and bool((t[1:] >= t[:-1]).all()):
+        return t.clone()
+    dims = tuple(range(t.dim()))
+    if k % 2:
+        t = t.flip(dims)
+    if k >= 2:
+        t = t.roll((1,) * len(dims), dims)
     return t.clone()
+
+
+def _perturb(t, k):
+    if k == 0:
+        return t.clone()
+    if t.is_floating_point() or t.is_complex():
+        return t * _SCALES[k % len(_SCALES)]
+    return _permute(t, k)
 
 
 def _stack_copies(t, bdim, count, offset=0):
@@ -136,23 +165,48 @@ def batched_cases(op, sample, nested=True):
     return cases
 
 
+# NOTE: [OpInfo tolerances]
+# Every comparison uses torch's float32 defaults (atol 1e-5, rtol 1.3e-6), for vmap(op) and
+# vmap(vjp) alike, except the OpInfos named exactly below. Each entry says why batching changes
+# the rounding and what was measured (max abs difference from the loop over the OpInfo's first 12
+# samples, CPU, torch 2.13). torch.func's vmap needs the same entries on the same inputs.
+_LOOSE = (1e-4, 1e-4)
+_LOOSER = (1e-3, 1e-3)
+VMAP_TOLERANCES = {
+    # Sums a batch of matrix products into one matrix; the batched call reduces the stacked
+    # products in another order than the per-sample kernel. 9.2e-5.
+    "addbmm": _LOOSE,
+    # The samples run as one convolution (the vmap dim folded into the batch or the groups), for
+    # which the CPU backend picks another blocking of the long 3-d reduction. 2.4e-4.
+    "nn.functional.conv_transpose3d": _LOOSE,
+}
+VJP_TOLERANCES = {
+    # The weight gradient of a 3-d convolution reduces over batch and every output position;
+    # batched, as one convolution, the order differs. conv3d 9.2e-5, conv_transpose3d 7.6e-5.
+    "nn.functional.conv3d": _LOOSE,
+    "nn.functional.conv_transpose3d": _LOOSE,
+    # cumprod's backward is a reversed cumulative sum of products, vectorized differently on
+    # the stacked samples. 1.2e-4.
+    "masked.cumprod": _LOOSE,
+    # The input gradient of layer norm, (g - mean(g) - x_hat * mean(g * x_hat)) / sigma, is a
+    # difference of nearly equal terms: its absolute error is that of the terms, which the
+    # batched reductions round differently, so elements near zero differ far beyond rtol.
+    # layer_norm 3.7e-5; native_layer_norm, whose samples have larger terms, 1.5e-4.
+    "nn.functional.layer_norm": _LOOSE,
+    "native_layer_norm": _LOOSER,
+}
+_DEFAULT = (1e-5, 1.3e-6)
+
+
 def tolerance(op_name):
-    """(atol, rtol): torch's float32 defaults, looser for ops that accumulate differently when
-    batched (blocked reductions, LAPACK on stacked matrices)."""
-    loose = ("linalg.", "matrix_exp", "pinverse", "cholesky", "lu", "svd", "qr", "eig",
-             "logdet", "det", "inverse", "solve", "lstsq", "conv", "baddbmm", "addbmm",
-             "einsum", "tensordot", "matmul", "norm", "pdist", "cdist", "var", "std", "cov",
-             "corrcoef", "trace", "polar", "geqrf", "ormqr", "householder", "triangular",
-             "tensorinv", "tensorsolve", "chain_matmul", "multi_dot", "addmv", "addr",
-             "bilinear", "layer_norm", "group_norm", "batch_norm", "instance_norm", "renorm",
-             "grid_sample", "interpolate", "upsample", "pool", "fft", "stft", "istft",
-             "logsumexp", "softmax", "cumulative_trapezoid", "trapz", "trapezoid", "nanmean",
-             "kl_div", "loss", "dist", "inner", "vdot", "mv", "mm", "dot", "addmm", "linear",
-             "nuclear", "cross", "prod", "special.", "lgamma", "digamma", "polygamma", "sum",
-             "mean")
-    if any(k in op_name for k in loose):
-        return 1e-4, 1e-4
-    return 1e-5, 1.3e-6
+    """(atol, rtol) for vmap(op) of the OpInfo named exactly `op_name` (NOTE: [OpInfo
+    tolerances])."""
+    return VMAP_TOLERANCES.get(op_name, _DEFAULT)
+
+
+def vjp_tolerance(op_name):
+    """(atol, rtol) for vmap(vjp(op)) (NOTE: [OpInfo tolerances])."""
+    return VJP_TOLERANCES.get(op_name, _DEFAULT)
 
 
 def check_case(case, vmap, op_name, expected=None):
@@ -318,6 +372,6 @@ def check_vjp_case(case, vmap, vjp, op_name, expected=None):
     if expected is None:
         expected = case.reference()
     actual = case.run(vmap, vjp)
-    atol, rtol = tolerance(op_name)
-    torch.testing.assert_close(actual, expected, atol=atol * 10, rtol=rtol * 10, equal_nan=True,
+    atol, rtol = vjp_tolerance(op_name)
+    torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol, equal_nan=True,
                                check_stride=False, msg=lambda m: f"{op_name} [vjp]: {m}")

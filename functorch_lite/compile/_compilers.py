@@ -70,9 +70,10 @@ def inductor_compile(fx_g: fx.GraphModule, example_inputs: Sequence[Any]) -> Cal
     """Compiles one forward, backward or inference graph with TorchInductor (C++/OpenMP on CPU).
 
     The graph is first re-traced with inductor's own decompositions (inductor lowers a fixed
-    op set and refuses graphs that still hold ops it decomposes). Falls back to running the
-    graph uncompiled, with a warning naming the reason, when inductor cannot be imported or
-    cannot compile the graph (for example, when no C++ compiler is installed)."""
+    op set and refuses graphs that still hold ops it decomposes). When inductor cannot be
+    imported or cannot compile the graph (for example, when no C++ compiler is installed), runs
+    the graph uncompiled with a warning naming the reason, or raises when the environment
+    variable FUNCTORCH_LITE_INDUCTOR_STRICT is 1 (see NOTE: [Inductor failures])."""
     graph_kind = _graph_being_compiled[0] if _graph_being_compiled else "forward"
     try:
         from torch._inductor.compile_fx import compile_fx_inner
@@ -86,12 +87,31 @@ def inductor_compile(fx_g: fx.GraphModule, example_inputs: Sequence[Any]) -> Cal
             is_backward=graph_kind == "backward",
             is_inference=graph_kind == "inference",
         )
-    except Exception as e:  # inductor is optional: any failure means "run the graph as is"
+    except Exception as e:  # inductor is optional: see NOTE: [Inductor failures]
+        reason = f"TorchInductor could not compile the {graph_kind} graph ({type(e).__name__}: {e})"
+        if _inductor_strict():
+            raise RuntimeError(
+                f"inductor_compile: {reason}. Unset {INDUCTOR_STRICT_ENV} to run the graph "
+                "uncompiled (as nop does) with a warning instead."
+            ) from e
         warnings.warn(
-            f"inductor_compile: TorchInductor could not compile the {graph_kind} graph "
-            f"({type(e).__name__}: {e}); running it uncompiled (as nop does) instead."
+            f"inductor_compile: {reason}; running it uncompiled (as nop does) instead. Set "
+            f"{INDUCTOR_STRICT_ENV}=1 to make this an error."
         )
         return make_boxed_func(fx_g)
+
+
+# NOTE: [Inductor failures]
+# TorchInductor is optional (it needs a C++ compiler on CPU), so by default a graph it cannot
+# compile runs uncompiled, with a warning that names the reason. Code that must not time or ship
+# uncompiled graphs under the inductor label (benchmarks, deployments) sets the environment
+# variable FUNCTORCH_LITE_INDUCTOR_STRICT=1, which turns the fallback into a RuntimeError. The
+# variable is read at each compilation, so setting os.environ in the process is enough.
+INDUCTOR_STRICT_ENV = "FUNCTORCH_LITE_INDUCTOR_STRICT"
+
+
+def _inductor_strict() -> bool:
+    return os.environ.get(INDUCTOR_STRICT_ENV, "0").strip() not in ("", "0")
 
 
 def _retraced(fx_g: fx.GraphModule, example_inputs: list, decompositions: dict) -> fx.GraphModule:
