@@ -241,14 +241,14 @@ def test_threads_keep_and_drop_results_concurrently():
 # What the pool keeps (NOTE: [What the pool keeps]).
 
 
-def test_a_loop_keeps_at_most_its_peak_and_a_fifth():
+def test_a_loop_keeps_at_most_one_and_a_half_times_its_peak():
     w, x, y = inputs(0, batch=64)
     result = None
     for _ in range(20):
         result = per_sample(w, x, y)  # the previous result dies once this one exists
         stats = ft.memory_pool_stats()
         held = stats["used_bytes"] + stats["free_bytes"]
-        assert held <= 1.2 * stats["peak_used_bytes"] + 4096
+        assert held <= 1.5 * stats["peak_used_bytes"] + 4096
     assert counts()[1] > 0
     del result
 
@@ -277,7 +277,7 @@ def test_sizes_no_longer_asked_for_are_freed():
         double(small)
     stats = ft.memory_pool_stats()
     assert stats["free_bytes"] < big.numel() * 4, stats
-    assert stats["used_bytes"] + stats["free_bytes"] <= 1.2 * stats["peak_used_bytes"], stats
+    assert stats["used_bytes"] + stats["free_bytes"] <= 1.5 * stats["peak_used_bytes"], stats
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@
 #include <atomic>
 #include <deque>
 #include <mutex>
+#include <map>
 #include <unordered_map>
 
 namespace functorch_lite {
@@ -39,7 +40,7 @@ class PoolAllocator final : public c10::Allocator {
       return base_->allocate(n);
     }
     size_t size = roundUp(n);
-    void* ptr = take(size);
+    void* ptr = take(size);  // may be a larger block: size becomes its size
     if (ptr == nullptr) ptr = c10::alloc_cpu(size);
     {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -92,15 +93,21 @@ class PoolAllocator final : public c10::Allocator {
     uint64_t freed_at;  // when it became free, to free the oldest first
   };
 
-  void* take(size_t size) {
+  // The smallest free block of at least `size` bytes and at most 1.25 times that (the
+  // most recently freed of its size: likeliest still in cache); size becomes the block's size.
+  // Serving near sizes from one block keeps a loop whose sizes vary a little (inductor's buffers)
+  // from needing a block per size, which the peak bound would churn through.
+  void* take(size_t& size) {
     std::lock_guard<std::mutex> lock(mutex_);
-    auto it = free_.find(size);
-    if (it == free_.end() || it->second.empty()) {
+    auto it = free_.lower_bound(size);
+    if (it == free_.end() || it->first > size + size / 4) {
       allocated_++;
       return nullptr;
     }
-    void* ptr = it->second.back().ptr;  // the most recently freed: likeliest still in cache
+    void* ptr = it->second.back().ptr;
     it->second.pop_back();
+    size = it->first;
+    if (it->second.empty()) free_.erase(it);
     free_bytes_ -= size;
     reused_++;
     return ptr;
@@ -143,7 +150,7 @@ class PoolAllocator final : public c10::Allocator {
 
   c10::Allocator* base_;
   std::mutex mutex_;
-  std::unordered_map<size_t, std::deque<Block>> free_;
+  std::map<size_t, std::deque<Block>> free_;  // by size, for best fit; no empty entries
   std::unordered_map<void*, size_t> used_;
   int64_t free_bytes_ = 0;
   int64_t used_bytes_ = 0;
