@@ -1,6 +1,7 @@
 """Benchmark: per-sample gradients compiled by functorch_lite.compile vs torch.func eager.
 
 Run: python benchmarks/bench_compile.py [--threads 1] [--cold] [--transforms torch.func]
+     [--models mlp,cnn,embed,transformer]
 """
 
 import argparse
@@ -8,14 +9,16 @@ import time
 
 import torch
 import torch.func
-import torch.nn.functional as F
 
 import functorch_lite
 from common import assert_trees_close, progress, ratio_text, timed_row, write_results
+from workloads import make_case, sample_loss
 from functorch_lite.compile import aot_function, inductor_compile, nop, set_memory_pool_enabled
 
 # NOTE: [What bench_compile measures]
-# For each model, per-sample gradients of the loss w.r.t. the parameters for a batch of 64:
+# For each model of per_sample_grads.py (benchmarks/workloads.py: the MLP, the MNIST CNN, the
+# embedding model, the transformer block), per-sample gradients of the loss w.r.t. the
+# parameters for a batch of 64:
 #   torch.func eager   torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0, 0))
 #   aot nop            aot_function(vmap(grad(loss)), nop): the traced aten graph run eagerly
 #   aot inductor       aot_function(vmap(grad(loss)), inductor_compile)
@@ -31,40 +34,7 @@ from functorch_lite.compile import aot_function, inductor_compile, nop, set_memo
 # compiled time, so above 1 means faster than torch.func.
 
 
-def mlp_params(generator):
-    sizes = [(512, 784), (256, 512), (10, 256)]
-    params = []
-    for out_f, in_f in sizes:
-        params += [torch.randn(out_f, in_f, generator=generator) / in_f**0.5, torch.zeros(out_f)]
-    return params
-
-
-def mlp_loss(params, x, y):
-    w1, b1, w2, b2, w3, b3 = params
-    h = F.relu(F.linear(x, w1, b1))
-    h = F.relu(F.linear(h, w2, b2))
-    return F.cross_entropy(F.linear(h, w3, b3).unsqueeze(0), y.unsqueeze(0))
-
-
-def cnn_params(generator):
-    return [
-        torch.randn(8, 1, 3, 3, generator=generator) / 3,
-        torch.zeros(8),
-        torch.randn(10, 8 * 13 * 13, generator=generator) / (8 * 13 * 13) ** 0.5,
-        torch.zeros(10),
-    ]
-
-
-def cnn_loss(params, x, y):
-    wc, bc, wf, bf = params
-    h = F.max_pool2d(F.relu(F.conv2d(x.unsqueeze(0), wc, bc)), 2)
-    return F.cross_entropy(F.linear(h.flatten(1), wf, bf), y.unsqueeze(0))
-
-
-MODELS = {
-    "mlp 784-512-256-10": (mlp_params, mlp_loss, (784,)),
-    "cnn conv-relu-pool-linear": (cnn_params, cnn_loss, (1, 28, 28)),
-}
+MODELS = ("mlp", "cnn", "embed", "transformer")  # benchmarks/workloads.py, as per_sample_grads.py
 
 
 def without_pool(fn):
@@ -103,6 +73,7 @@ def print_ratio_table(rows, columns):
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: as is)")
@@ -142,13 +113,14 @@ def main():
     )
 
     rows = []
-    for case, (make_params, loss, sample_shape) in MODELS.items():
-        generator = torch.Generator().manual_seed(0)
-        params = make_params(generator)
-        x = torch.randn(args.batch, *sample_shape, generator=generator)
-        y = torch.randint(0, 10, (args.batch,), generator=generator)
+    for case in args.models.split(","):
+        model, x, y = make_case(case, args.batch)
+        params = {k: v.detach() for k, v in model.named_parameters()}
         inputs = (params, x, y)
-        reference = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0, 0))
+        loss = sample_loss(functorch_lite if args.transforms == "functorch_lite" else torch.func,
+                           model)
+        reference = torch.func.vmap(torch.func.grad(sample_loss(torch.func, model)),
+                                    in_dims=(None, 0, 0))
         expected = reference(*inputs)
         variants = {"torch.func eager": reference}
         row = {"case": case, "transforms": args.transforms}

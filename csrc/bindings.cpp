@@ -102,7 +102,7 @@ py::object levelOf(const at::Tensor& t) {
 // The memory pool as a Python context manager (see PoolGuard).
 class PyPool {
  public:
-  void enter() { guard_ = std::make_unique<PoolGuard>(); }
+  void enter() { guard_ = std::make_unique<PoolGuard>(PoolScope::Compiled); }
   void exit(const py::args&) { guard_.reset(); }
 
  private:
@@ -145,11 +145,18 @@ bool runPythonRule(const c10::OperatorHandle& op, torch::jit::Stack* stack,
   return true;
 }
 
+PoolScope parsePoolScope(const std::string& name) {
+  if (name == "compiled") return PoolScope::Compiled;
+  if (name == "transforms") return PoolScope::Transforms;
+  TORCH_CHECK(false, "memory pool: scope must be 'compiled' or 'transforms', got '", name, "'");
+}
+
 py::dict poolStatsDict() {
   PoolStats s = poolStats();
   py::dict d;
   d["free_bytes"] = s.free_bytes;
   d["used_bytes"] = s.used_bytes;
+  d["peak_used_bytes"] = s.peak_used_bytes;
   d["reused"] = s.reused;
   d["allocated"] = s.allocated;
   d["limit_bytes"] = s.limit_bytes;
@@ -229,7 +236,10 @@ PYBIND11_MODULE(_C, m) {
     setPythonRuleHook(&runPythonRule);
   });
   m.def("_set_memory_pool_limit", &setPoolLimit);
-  m.def("_set_memory_pool_enabled", &setPoolEnabled);
-  m.def("_is_memory_pool_enabled", &isPoolEnabled);
+  m.def("_set_memory_pool_enabled", [](const std::string& scope, bool enabled) {
+    setPoolEnabled(parsePoolScope(scope), enabled);
+  });
+  m.def("_is_memory_pool_enabled",
+        [](const std::string& scope) { return isPoolEnabled(parsePoolScope(scope)); });
   m.def("_empty_memory_pool", &emptyPool);
 }

@@ -17,6 +17,13 @@ from functorch_lite import _custom_ops, _guards, _repr  # noqa: E402, F401
 from functorch_lite._autodiff import grad, grad_and_value, vjp
 from functorch_lite._forward import jvp
 from functorch_lite._linearize import linearize
+from functorch_lite._memory_pool import (
+    empty_memory_pool,
+    is_memory_pool_enabled,
+    memory_pool_stats,
+    set_memory_pool_enabled,
+    set_memory_pool_limit,
+)
 from functorch_lite._jacobians import hessian, jacfwd, jacrev
 from functorch_lite._batch_norm import replace_all_batch_norm_modules_
 from functorch_lite._functional_call import functional_call
@@ -46,11 +53,13 @@ __all__ = [
     "FunctionalModuleWithBuffers",
     "combine_state_for_ensemble",
     "debug_unwrap",
+    "empty_memory_pool",
     "functional_call",
     "functionalize",
     "grad",
     "grad_and_value",
     "hessian",
+    "is_memory_pool_enabled",
     "jacfwd",
     "jacrev",
     "jvp",
@@ -58,8 +67,11 @@ __all__ = [
     "make_functional",
     "make_functional_with_buffers",
     "make_fx",
+    "memory_pool_stats",
     "rearrange",
     "replace_all_batch_norm_modules_",
+    "set_memory_pool_enabled",
+    "set_memory_pool_limit",
     "stack_module_state",
     "vjp",
     "vmap",

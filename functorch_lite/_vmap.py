@@ -9,9 +9,64 @@ from functorch_lite import _C, _dynamo
 _RANDOMNESS = ("error", "different", "same")
 
 
+class _Api:
+    """The API prefix of an error message, formatted only when an error is raised."""
+
+    __slots__ = ("_text",)
+
+    def __init__(self, text):
+        self._text = text
+
+    def __str__(self):
+        return self._text()
+
+
 def _api(func, in_dims):
     name = getattr(func, "__name__", repr(func))
     return f"vmap({name}, in_dims={in_dims!r}, ...)(<inputs>)"
+
+
+# NOTE: [Caching in_dims and out_dims]
+# in_dims and out_dims are fixed when vmap is called; what they broadcast to depends only on the
+# structure of the inputs (outputs), which is usually the same on every call. So each vmapped
+# function keeps, per structure, the dims broadcast to the leaves, and checks the dims' types
+# once: pytree's broadcast took longer than a small function's whole batched body. A tuple of
+# plain tensors (the common case) skips pytree altogether: its structure is its length. Errors
+# are formatted only when raised (_Api).
+_CACHE_ENTRIES = 64
+
+
+class _DimsCache:
+    """in_dims or out_dims of one vmapped function, broadcast per structure."""
+
+    __slots__ = ("dims", "checked", "flat")
+
+    def __init__(self, dims):
+        self.dims = dims
+        self.checked = False
+        self.flat = {}
+
+    def broadcast(self, key, spec, tree):
+        flat = self.flat.get(key)
+        if flat is None:
+            flat = _broadcast_dims(self.dims, tree, spec)
+            if flat is not None:
+                if len(self.flat) >= _CACHE_ENTRIES:
+                    self.flat.clear()
+                self.flat[key] = flat
+        return flat
+
+
+def _flatten(tree):
+    """(leaves, structure, cache key); a tuple of plain tensors skips pytree."""
+    if type(tree) is tuple and all(type(t) is torch.Tensor for t in tree):
+        return tree, None, len(tree)
+    leaves, spec = pytree.tree_flatten(tree)
+    return leaves, spec, spec
+
+
+def _unflatten(leaves, spec):
+    return tuple(leaves) if spec is None else pytree.tree_unflatten(leaves, spec)
 
 
 class _Leaf:
@@ -30,10 +85,12 @@ def _mismatch(dims, noun, spec):
     )
 
 
-def _broadcast_dims(dims, tree, what, api):
+def _broadcast_dims(dims, tree, spec=None):
     """Broadcasts in_dims / out_dims (an int, None or a pytree prefix of `tree`) to its leaves."""
     try:
-        return pytree._broadcast_to_and_flatten(dims, pytree.tree_structure(tree))
+        return pytree._broadcast_to_and_flatten(
+            dims, pytree.tree_structure(tree) if spec is None else spec
+        )
     except Exception:  # noqa: BLE001 - pytree raises several kinds here
         return None
 
@@ -54,8 +111,9 @@ def _check_dims_type(dims, what, api):
             )
 
 
-def _flat_in_dims(func, in_dims, args):
-    api = _api(func, in_dims)
+def _flat_in_dims(func, in_dims, args, cache=None):
+    """(leaves of args, their in_dims, structure, api); see NOTE: [Caching in_dims and out_dims]."""
+    api = _Api(lambda: _api(func, in_dims))
     if not isinstance(in_dims, (int, tuple)):
         raise ValueError(
             f"{api}: expected `in_dims` to be int or a (potentially nested) tuple matching the "
@@ -72,10 +130,14 @@ def _flat_in_dims(func, in_dims, args):
             f"tuple of length {len(in_dims)} but the function was called with {len(args)} "
             f"positional argument(s); give one in_dim per argument."
         )
-    _check_dims_type(in_dims, "in_dims", api)
-    flat_args, spec = pytree.tree_flatten(args)
-    flat_dims = _broadcast_dims(in_dims, args, "in_dims", api)
+    cache = _DimsCache(in_dims) if cache is None else cache
+    if not cache.checked:
+        _check_dims_type(in_dims, "in_dims", api)
+        cache.checked = True
+    flat_args, spec, key = _flatten(args)
+    flat_dims = cache.broadcast(key, spec, args)
     if flat_dims is None:
+        spec = pytree.tree_structure(args)
         raise ValueError(
             f"{api}: in_dims is not compatible with the structure of `inputs`: "
             f"{_mismatch('in_dims', 'inputs', spec)}"
@@ -124,13 +186,21 @@ def _batch_size(flat_args, flat_dims, api):
     return size
 
 
-def _unbatch_outputs(output, out_dims, level, batch_size, func):
-    name = getattr(func, "__name__", repr(func))
-    api = f"vmap({name}, ..., out_dims={out_dims!r})"
-    _check_dims_type(out_dims, "out_dims", api)
-    flat_out, spec = pytree.tree_flatten(output)
-    flat_dims = _broadcast_dims(out_dims, output, "out_dims", api)
+def _unbatch_outputs(output, out_dims, level, batch_size, func, cache=None):
+    api = _Api(
+        lambda: f"vmap({getattr(func, '__name__', repr(func))}, ..., out_dims={out_dims!r})"
+    )
+    cache = _DimsCache(out_dims) if cache is None else cache
+    if not cache.checked:
+        _check_dims_type(out_dims, "out_dims", api)
+        cache.checked = True
+    if type(output) is torch.Tensor:
+        flat_out, spec, key = (output,), None, None  # a lone tensor: no pytree at all
+    else:
+        flat_out, spec, key = _flatten(output)
+    flat_dims = cache.broadcast(key, spec, output)
     if flat_dims is None:
+        spec = pytree.tree_structure(output)
         raise ValueError(
             f"{api}: out_dims is not compatible with the structure of `outputs`: "
             f"{_mismatch('out_dims', 'outputs', spec)}"
@@ -163,19 +233,21 @@ def _unbatch_outputs(output, out_dims, level, batch_size, func):
                 f"dimension(s) per sample."
             )
         result.append(_C._remove_batch_dim(out, level, batch_size, dim % rank))
-    return pytree.tree_unflatten(result, spec)
+    if key is None:
+        return result[0]
+    return _unflatten(result, spec)
 
 
-def _vmap_call(func, in_dims, out_dims, randomness, args, kwargs):
-    flat_args, flat_dims, spec, api = _flat_in_dims(func, in_dims, args)
+def _vmap_call(func, in_dims, out_dims, randomness, args, kwargs, caches=(None, None)):
+    flat_args, flat_dims, spec, api = _flat_in_dims(func, in_dims, args, caches[0])
     batch_size = _batch_size(flat_args, flat_dims, api)
     with _C._vmap_level(batch_size, randomness, "vmap") as level:
         batched = [
             arg if dim is None else _C._add_batch_dim(arg, dim % arg.dim(), level)
             for arg, dim in zip(flat_args, flat_dims)
         ]
-        output = func(*pytree.tree_unflatten(batched, spec), **kwargs)
-        return _unbatch_outputs(output, out_dims, level, batch_size, func)
+        output = func(*_unflatten(batched, spec), **kwargs)
+        return _unbatch_outputs(output, out_dims, level, batch_size, func, caches[1])
 
 
 def _chunked_call(func, in_dims, out_dims, randomness, chunk_size, args, kwargs):
@@ -192,7 +264,7 @@ def _chunked_call(func, in_dims, out_dims, randomness, chunk_size, args, kwargs)
             arg if dim is None else arg.narrow(dim, start, length)
             for arg, dim in zip(flat_args, flat_dims)
         ]
-        chunk_args = pytree.tree_unflatten(sliced, spec)
+        chunk_args = _unflatten(sliced, spec)
         chunks.append(_vmap_call(func, in_dims, out_dims, randomness, chunk_args, kwargs))
     if len(chunks) == 1:
         return chunks[0]
@@ -223,11 +295,13 @@ def vmap(func, in_dims=0, out_dims=0, randomness="error", *, chunk_size=None):
             f"than 0. (got {chunk_size!r})"
         )
 
+    caches = (_DimsCache(in_dims), _DimsCache(out_dims))
+
     @functools.wraps(func)
     def wrapped(*args, **kwargs):
         if chunk_size is not None:
             return _chunked_call(func, in_dims, out_dims, randomness, chunk_size, args, kwargs)
-        return _vmap_call(func, in_dims, out_dims, randomness, args, kwargs)
+        return _vmap_call(func, in_dims, out_dims, randomness, args, kwargs, caches)
 
     return wrapped
 

@@ -1,6 +1,7 @@
 """The compile runtime's memory pool, and the branch-free max pooling inductor_compile uses."""
 
 import itertools
+import os
 import threading
 
 import expecttest
@@ -27,13 +28,16 @@ aten = torch.ops.aten
 LARGE = (256, 1024)  # 1 MiB of float32: pooled (at least 128 KiB)
 
 
+DEFAULT_LIMIT = memory_pool_stats()["limit_bytes"]
+
+
 @pytest.fixture(autouse=True)
 def fresh_pool():
     """Each test starts with an empty pool, enabled, at the default limit."""
     empty_memory_pool()
     yield
     set_memory_pool_enabled(True)
-    set_memory_pool_limit(1 << 30)
+    set_memory_pool_limit(DEFAULT_LIMIT)
     empty_memory_pool()
 
 
@@ -59,7 +63,7 @@ def test_pool_is_installed_and_on_by_default():
     stats = memory_pool_stats()
     assert is_memory_pool_enabled()
     assert stats["installed"]
-    assert stats["limit_bytes"] == 1 << 30
+    assert stats["limit_bytes"] == os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
 
 
 def test_dropped_output_block_is_reused_by_the_next_call():

@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "compile/pool.h"
+
 namespace functorch_lite {
 
 enum class LayerKind { Vmap, Grad, Jvp };
@@ -35,7 +37,8 @@ using LayerPtr = std::shared_ptr<Layer>;
 const std::vector<LayerPtr>& layerStack();
 
 // Pushes a layer on construction and pops it (marking it dead) on destruction, so an exception
-// can never leave a stale level behind.
+// can never leave a stale level behind. While it lives, large CPU allocations of this thread come
+// from the memory pool (NOTE: [Eager transforms allocate from the pool]).
 class LayerGuard {
  public:
   LayerGuard(LayerKind kind, int64_t batch_size, Randomness randomness, std::string api);
@@ -46,6 +49,7 @@ class LayerGuard {
   const LayerPtr& layer() const { return layer_; }
 
  private:
+  PoolGuard pool_{PoolScope::Transforms};
   LayerPtr layer_;
 };
 
