@@ -21,23 +21,42 @@ class _Api:
         return self._text()
 
 
+def _name(func):
+    """The function's name for messages; repr only when it has none (dynamo traces this)."""
+    return getattr(func, "__name__", None) or repr(func)
+
+
 def _api(func, in_dims):
-    name = getattr(func, "__name__", repr(func))
-    return f"vmap({name}, in_dims={in_dims!r}, ...)(<inputs>)"
+    return f"vmap({_name(func)}, in_dims={in_dims!r}, ...)(<inputs>)"
 
 
 # NOTE: [Caching in_dims and out_dims]
 # in_dims and out_dims are fixed when vmap is called; what they broadcast to depends only on the
-# structure of the inputs (outputs), which is usually the same on every call. So each vmapped
-# function keeps, per structure, the dims broadcast to the leaves, and checks the dims' types
-# once: pytree's broadcast took longer than a small function's whole batched body. A tuple of
-# plain tensors (the common case) skips pytree altogether: its structure is its length. Errors
-# are formatted only when raised (_Api).
+# structure of the inputs (outputs), which is usually the same on every call. So each in_dims /
+# out_dims value keeps, per structure, the dims broadcast to the leaves, and its types are
+# checked once: pytree's broadcast took longer than a small function's whole batched body. A
+# tuple of plain tensors (the common case) skips pytree altogether: its structure is its length.
+# Errors are formatted only when raised (_Api). The caches live in a module table keyed by the
+# dims' repr (which tells True from 1), not in vmap's closure: dynamo rebuilds a vmap made inside
+# a compiled region from its closure, which may hold only constants (NOTE: [torch.compile over
+# our transforms]).
 _CACHE_ENTRIES = 64
+_DIMS_CACHES = {}
+
+
+def _dims_cache(dims):
+    """The shared _DimsCache of an in_dims or out_dims value."""
+    key = repr(dims)
+    cache = _DIMS_CACHES.get(key)
+    if cache is None:
+        if len(_DIMS_CACHES) >= 16 * _CACHE_ENTRIES:
+            _DIMS_CACHES.clear()
+        cache = _DIMS_CACHES[key] = _DimsCache(dims)
+    return cache
 
 
 class _DimsCache:
-    """in_dims or out_dims of one vmapped function, broadcast per structure."""
+    """An in_dims or out_dims value, broadcast per structure."""
 
     __slots__ = ("dims", "checked", "flat")
 
@@ -187,9 +206,7 @@ def _batch_size(flat_args, flat_dims, api):
 
 
 def _unbatch_outputs(output, out_dims, level, batch_size, func, cache=None):
-    api = _Api(
-        lambda: f"vmap({getattr(func, '__name__', repr(func))}, ..., out_dims={out_dims!r})"
-    )
+    api = _Api(lambda: f"vmap({_name(func)}, ..., out_dims={out_dims!r})")
     cache = _DimsCache(out_dims) if cache is None else cache
     if not cache.checked:
         _check_dims_type(out_dims, "out_dims", api)
@@ -212,14 +229,14 @@ def _unbatch_outputs(output, out_dims, level, batch_size, func, cache=None):
                 result.append(out)
                 continue
             raise ValueError(
-                f"{api}: `{name}` must only return Tensors, got type {type(out)}. Did you mean "
+                f"{api}: `{_name(func)}` must only return Tensors, got type {type(out)}. Did you mean "
                 f"to set out_dims= to None for output? (the function must return Tensors, or "
                 f"pytrees of them, where out_dims is not None)."
             )
         if dim is None:
             if _C._is_batched(out) and _C._level_of(out) == level:
                 raise ValueError(
-                    f"{api}: `{name}` can not return a BatchedTensor when out_dim is None: the "
+                    f"{api}: `{_name(func)}` can not return a BatchedTensor when out_dim is None: the "
                     f"output depends on the mapped inputs, and only outputs that are the same "
                     f"for every sample can have out_dim None."
                 )
@@ -281,7 +298,7 @@ def _chunked_call(func, in_dims, out_dims, randomness, chunk_size, args, kwargs)
 @_dynamo.transform
 def vmap(func, in_dims=0, out_dims=0, randomness="error", *, chunk_size=None):
     """Vectorizes `func` over dimension `in_dims` of its inputs (the vmap of functorch)."""
-    name = getattr(func, "__name__", None) or repr(func)  # repr only if needed: dynamo traces it
+    name = _name(func)
     if randomness not in _RANDOMNESS:
         raise RuntimeError(
             f"vmap({name}, randomness={randomness!r}): Only allowed values for randomness are "
@@ -295,12 +312,11 @@ def vmap(func, in_dims=0, out_dims=0, randomness="error", *, chunk_size=None):
             f"than 0. (got {chunk_size!r})"
         )
 
-    caches = (_DimsCache(in_dims), _DimsCache(out_dims))
-
     @functools.wraps(func)
     def wrapped(*args, **kwargs):
         if chunk_size is not None:
             return _chunked_call(func, in_dims, out_dims, randomness, chunk_size, args, kwargs)
+        caches = (_dims_cache(in_dims), _dims_cache(out_dims))
         return _vmap_call(func, in_dims, out_dims, randomness, args, kwargs, caches)
 
     return wrapped
