@@ -5,6 +5,7 @@ Run: python benchmarks/bench_compile.py [--threads 1] [--cold] [--transforms tor
 """
 
 import argparse
+import os
 import time
 
 import torch
@@ -14,6 +15,10 @@ import functorch_lite
 from common import assert_trees_close, progress, ratio_text, timed_row, write_results
 from workloads import make_case, sample_loss
 from functorch_lite.compile import aot_function, inductor_compile, nop, set_memory_pool_enabled
+
+# A graph inductor cannot compile must fail the run, not be timed uncompiled under the
+# "aot inductor" label (NOTE: [Inductor failures] in functorch_lite/compile/_compilers.py).
+os.environ.setdefault("FUNCTORCH_LITE_INDUCTOR_STRICT", "1")
 
 # NOTE: [What bench_compile measures]
 # For each model of per_sample_grads.py (benchmarks/workloads.py: the MLP, the MNIST CNN, the
