@@ -8,7 +8,7 @@ TORCH ?= 2.13.0
 VENV := .venv/torch-$(TORCH)
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q --disable-pip-version-check
-DEPS := "torch==$(TORCH)" "setuptools>=70" wheel ninja numpy expecttest pytest hypothesis matplotlib
+DEPS := "torch==$(TORCH)" "setuptools>=70" wheel ninja numpy expecttest pytest hypothesis matplotlib opacus
 
 .PHONY: deps build demo demo-smoke test bench fuzz
 
@@ -30,7 +30,7 @@ demo: build
 
 # The demo in a few seconds: agreement checks and two timed rounds (CI runs it).
 demo-smoke: build
-	$(PY) benchmarks/per_sample_grads.py --repeats 2
+	$(PY) benchmarks/per_sample_grads.py --repeats 2 --rss-steps 0
 
 test: build
 	$(PY) -m pytest test
