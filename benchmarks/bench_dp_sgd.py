@@ -35,7 +35,9 @@ from common import (
     write_results,
 )
 from functorch_lite import dp
-from per_sample_grads import BATCH, make_case
+from workloads import make_case
+
+BATCH = 64  # make_case's default batch
 
 MAX_NORM, NOISE, LR, SEED = 1.0, 1.0, 0.05, 0
 

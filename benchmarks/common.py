@@ -191,7 +191,7 @@ def write_results(name, rows, columns, output=None, script=None):
 def format_table(rows, columns, ratio_of, ratio_to):
     """The medians (with interquartile ranges) of timed_row rows, and the paired ratio."""
     ratio = f"{ratio_of} / {ratio_to}"
-    widths = [max(len(c) + 3, 22) for c in columns]
+    widths = [max(len(c) + 3, 26) for c in columns]
     header = f"{'case':<12}" + "".join(f"{c + ' ms':>{w}}" for c, w in zip(columns, widths))
     header += f"  {ratio}"
     lines = [header, "-" * len(header)]

@@ -14,14 +14,13 @@ import warnings
 
 import torch
 
-import functorch_lite
 from common import progress, ratio_text, timed_row
-from per_sample_grads import loop, make_case, opacus, per_sample
+from per_sample_grads import make_variants
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=100)
     parser.add_argument("--models", default="embed")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
@@ -29,14 +28,8 @@ def main():
           f"{torch.get_num_threads()} threads, {args.repeats} rounds")
     print("ratio = functorch_lite / torch.func per round: median (interquartile range)")
     for name in args.models.split(","):
-        model, x, y = make_case(name)
-        params = {k: v.detach().requires_grad_() for k, v in model.named_parameters()}
-        variants = {"functorch_lite": per_sample(functorch_lite, model, params, x, y),
-                    "torch.func": per_sample(torch.func, model, params, x, y),
-                    "loop": loop(model, params, x, y)}
-        hooks = opacus(model, x, y)
-        if hooks is not None:
-            variants["opacus"] = hooks
+        variants = make_variants(name)
+        variants.pop("no pool", None)  # the order in question is that of the four variants
         runs = [(f"shuffled, seed {seed}", variants, {"seed": seed}) for seed in range(3)]
         first_ours = dict(variants)
         first_theirs = {"torch.func": variants["torch.func"],

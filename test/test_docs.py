@@ -275,7 +275,7 @@ def _machine_line(data):
 
 def render_three_way(data):
     """functorch_lite / torch.func / loop (/ opacus) medians (per_sample_grads.py, ensembling.py)."""
-    extra = [c for c in ("opacus",) if c in data["rows"][0]]
+    extra = [c for c in ("no pool", "opacus") if c in data["rows"][0]]
     head = ["case", "functorch_lite (ms)", "torch.func (ms)", "loop (ms)"]
     head += [f"{c} (ms)" for c in extra] + ["functorch_lite / torch.func", "loop / functorch_lite"]
     lines = ["| " + " | ".join(head) + " |", "| --- |" + " ---: |" * (len(head) - 1)]
@@ -330,8 +330,10 @@ def render_opinfo(data):
 
 
 def render_output(data):
-    """A benchmark that only prints its figures (recorded by benchmarks/record_output.py)."""
-    return [f"`{data['command']}` printed:", "", "```text",
+    """What a benchmark printed (recorded by benchmarks/record_output.py, or written by the
+    script itself with write_results(output=...)), with the machine."""
+    command = data.get("command") or f"python {Path(data['provenance']['script']).name}"
+    return [f"`{command}` printed:", "", "```text",
             *data["output"].rstrip("\n").splitlines(), "```", "", _machine_line(data)]
 
 
