@@ -3,6 +3,7 @@ import functools
 import importlib.abc
 import importlib.util
 import sys
+import threading
 
 # NOTE: [torch.compile over our transforms]
 # Dynamo cannot trace our transforms line by line: they enter levels in C++ (`_C._vmap_level`)
@@ -84,24 +85,37 @@ def _run(fn, /, *args, **kwargs):
 
 
 class _EagerFrames:
-    """Dynamo off for frames run inside a transform (see NOTE: [torch.compile over our ...])."""
+    """Dynamo off for frames run inside a transform (see NOTE: [torch.compile over our ...]).
 
-    __slots__ = ("eval_frame", "callback", "stance")
+    The frame callback is per thread; the stance is one for the process, so it is counted:
+    the first transform to enter (in any thread) saves it and sets force_eager, the last to
+    leave restores it. Saving and restoring it per call would leave force_eager behind when
+    transforms in two threads overlap."""
+
+    __slots__ = ("eval_frame", "callback")
 
     def __enter__(self):
         self.eval_frame = sys.modules.get("torch._dynamo.eval_frame")
         if self.eval_frame is not None:
             self.callback = self.eval_frame.set_eval_frame(None)
-            self.stance = self.eval_frame._stance
-            self.eval_frame._stance = _FORCE_EAGER[0]
+            with _STANCE_LOCK:
+                if _EAGER_CALLS[0] == 0:
+                    _EAGER_CALLS[1] = self.eval_frame._stance
+                    self.eval_frame._stance = _FORCE_EAGER[0]
+                _EAGER_CALLS[0] += 1
 
     def __exit__(self, *exc):
         if self.eval_frame is not None:
-            self.eval_frame._stance = self.stance
+            with _STANCE_LOCK:
+                _EAGER_CALLS[0] -= 1
+                if _EAGER_CALLS[0] == 0:
+                    self.eval_frame._stance = _EAGER_CALLS[1]
             self.eval_frame.set_eval_frame(self.callback)
         return False
 
 
+_STANCE_LOCK = threading.Lock()
+_EAGER_CALLS = [0, None]  # transforms running eagerly in the process, and the stance to restore
 _FORCE_EAGER = [None]  # dynamo's force_eager stance, made when dynamo is imported
 
 

@@ -23,10 +23,10 @@ from torch._dynamo.testing import CompileCounterWithBackend
 import functorch_lite as fl
 
 # The integration is built and checked on torch 2.13's dynamo. On torch 2.14 (also supported,
-# see NOTE: [Supported torch versions]) two things differ and are not fixed yet: after other
-# tests in the same process a transform inside a compiled function can run without producing a
-# graph (no frame counted), and randomness="error" inside a compiled function surfaces as
-# dynamo's "Unsupported output type for nonstrict_trace-ed function" instead of our message.
+# see NOTE: [Supported torch versions]) two cases differ and are not fixed yet: backward through
+# per-sample grads compiled with inductor fails, and randomness="error" inside a compiled
+# function surfaces as dynamo's "Unsupported output type for nonstrict_trace-ed function" instead
+# of our message. The file runs as a non-strict xfail there.
 pytestmark = pytest.mark.xfail(
     tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 14),
     reason="torch 2.14's dynamo: see the comment above", strict=False)
