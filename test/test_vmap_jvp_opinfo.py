@@ -30,6 +30,19 @@ _SCALES = (1.0, 0.75, 0.5)
 # op key -> why vmap(jvp) of it does not match torch.func yet.
 XFAIL = {}
 
+# Operators new in torch 2.14 that have no batching rule yet: with batched primals they need
+# the fallback, which this test disables (batched tangents alone pass, so not strict).
+NEW_WITHOUT_RULE = {"linalg.matrix_sqrth", "linalg.polar"}
+
+
+def _marks(op):
+    if _key(op) in XFAIL:
+        return [pytest.mark.xfail(reason=XFAIL[_key(op)], strict=True)]
+    if _key(op) in NEW_WITHOUT_RULE:
+        return [pytest.mark.xfail(reason="an operator new in torch 2.14 without a batching rule "
+                                         "yet", strict=False)]
+    return []
+
 
 def _key(op):
     return f"{op.name}.{op.variant_test_name}" if op.variant_test_name else op.name
@@ -91,9 +104,7 @@ def _run(T, f, primals, tangents, in_dims):
 
 @pytest.mark.parametrize("pattern", list(PATTERNS))
 @pytest.mark.parametrize(
-    "op", [pytest.param(op, id=_key(op), marks=[pytest.mark.xfail(reason=XFAIL[_key(op)],
-                                                                  strict=True)]
-                        if _key(op) in XFAIL else []) for op in _ops()])
+    "op", [pytest.param(op, id=_key(op), marks=_marks(op)) for op in _ops()])
 def test_vmap_of_jvp_matches_torch_func(op, pattern):
     in_dims = PATTERNS[pattern]
     checked = 0
