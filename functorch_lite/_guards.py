@@ -1,4 +1,4 @@
-"""Tensor methods that cannot work inside a transform: refused with an error, as torch.func does."""
+"""Tensor methods that cannot work inside a transform: refused with an error naming the API."""
 import threading
 
 import torch
@@ -11,7 +11,7 @@ from functorch_lite import _C
 # torch.autograd.functional.{vjp,jvp,jacobian,hessian,vhp,hvp} call it on their inputs), and
 # Tensor.retain_grad() and backward() (torch.autograd.backward, which Tensor.backward calls)
 # ask for .grad fields the transform never fills. All are refused while any level is live, with
-# the words torch.func uses; the transforms themselves go through plain_requires_grad_, which
+# the words functorch users match on; the transforms themselves go through plain_requires_grad_, which
 # also lets a __torch_function__ mode (make_fx) re-enter the public method. Outside transforms
 # the cost is one extra Python call and a depth check.
 _plain_requires_grad_ = torch.Tensor.requires_grad_
