@@ -9,10 +9,10 @@ import time
 import torch
 import torch._dynamo
 import torch.func
-import torch.nn as nn
 import torch.nn.functional as F
 
 import functorch_lite
+import workloads
 from common import assert_trees_close, format_table, progress, timed_row, write_results
 
 # NOTE: [What bench_torch_compile measures]
@@ -37,46 +37,10 @@ from common import assert_trees_close, format_table, progress, timed_row, write_
 BATCH = 64
 
 
-class MnistCNN(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 32, 3)
-        self.conv2 = nn.Conv2d(32, 64, 3)
-        self.fc1 = nn.Linear(9216, 128)
-        self.fc2 = nn.Linear(128, 10)
-
-    def forward(self, x):
-        x = F.relu(self.conv1(x))
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-        return self.fc2(F.relu(self.fc1(torch.flatten(x, 1))))
-
-
-class EmbedNorm(nn.Module):
-    def __init__(self, vocab=1000, dim=64, seq=16):
-        super().__init__()
-        self.embed = nn.Embedding(vocab, dim)
-        self.norm = nn.LayerNorm(dim)
-        self.fc = nn.Linear(dim * seq, 10)
-
-    def forward(self, tokens):
-        return self.fc(self.norm(self.embed(tokens)).flatten(1))
-
-
 def make_case(name):
-    torch.manual_seed(0)
-    if name == "mlp":
-        model = nn.Sequential(
-            nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 10)
-        )
-        x = torch.randn(BATCH, 784)
-    elif name == "cnn":
-        model = MnistCNN()
-        x = torch.randn(BATCH, 1, 28, 28)
-    else:
-        model = EmbedNorm()
-        x = torch.randint(0, 1000, (BATCH, 16))
-    params = {k: v.detach() for k, v in model.named_parameters()}
-    return model, params, x, torch.randint(0, 10, (BATCH,))
+    """workloads.make_case's model and batch, with detached parameters."""
+    model, x, y = workloads.make_case(name, BATCH)
+    return model, {k: v.detach() for k, v in model.named_parameters()}, x, y
 
 
 def make_step(lib, model):
