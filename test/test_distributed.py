@@ -72,7 +72,12 @@ def _failures(context):
     for rank, path in enumerate(context.error_files):
         if os.access(path, os.R_OK):
             with open(path, "rb") as f:
-                found.append((os.path.getmtime(path), rank, pickle.load(f)))
+                try:
+                    found.append((os.path.getmtime(path), rank, pickle.load(f)))
+                except (EOFError, pickle.UnpicklingError):
+                    # join() terminates the ranks that are still running when one fails: a
+                    # rank stopped while it wrote its own traceback leaves a truncated file
+                    pass
     return sorted(found)
 
 
