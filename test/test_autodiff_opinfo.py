@@ -34,7 +34,7 @@ OPS = [
     "cumprod", "max.reduction_with_dim", "min.reduction_no_dim", "median", "linalg.vector_norm",
     # linear algebra
     "mm", "bmm", "mv", "matmul", "addmm", "dot", "outer", "einsum", "linalg.det", "linalg.inv",
-    "trace", "tril", "triu",
+    "trace", "tril", "triu", "linalg.matrix_sqrth", "linalg.polar",
     # views, indexing, shape
     "reshape", "view", "transpose", "permute", "squeeze", "unsqueeze", "expand", "narrow",
     "select", "flatten", "t", "diagonal", "split", "chunk", "cat", "stack", "flip", "roll",
@@ -45,6 +45,8 @@ OPS = [
     "softmax", "log_softmax", "nn.functional.linear", "nn.functional.layer_norm",
     "nn.functional.mse_loss", "nn.functional.cross_entropy", "nn.functional.conv2d",
 ]
+# OpInfos of OPS that torch 2.13's op_db does not have yet: left out there.
+NEW_IN_TORCH_2_14 = {"linalg.matrix_sqrth", "linalg.polar"}
 SAMPLES_PER_OP = 8
 MIN_CHECKED = 1
 B = 3
@@ -60,9 +62,9 @@ def _key(op):
 
 def _ops():
     by_name = {_key(op): op for op in op_db if _key(op) in OPS}
-    missing = sorted(set(OPS) - set(by_name))
+    missing = sorted(set(OPS) - set(by_name) - NEW_IN_TORCH_2_14)
     assert not missing, f"not in op_db: {missing}"
-    return [by_name[n] for n in OPS]
+    return [by_name[n] for n in OPS if n in by_name]
 
 
 def _is_diff(t):

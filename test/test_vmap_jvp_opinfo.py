@@ -30,17 +30,10 @@ _SCALES = (1.0, 0.75, 0.5)
 # op key -> why vmap(jvp) of it does not match torch.func yet.
 XFAIL = {}
 
-# Operators new in torch 2.14 that have no batching rule yet: with batched primals they need
-# the fallback, which this test disables (batched tangents alone pass, so not strict).
-NEW_WITHOUT_RULE = {"linalg.matrix_sqrth", "linalg.polar"}
-
 
 def _marks(op):
     if _key(op) in XFAIL:
         return [pytest.mark.xfail(reason=XFAIL[_key(op)], strict=True)]
-    if _key(op) in NEW_WITHOUT_RULE:
-        return [pytest.mark.xfail(reason="an operator new in torch 2.14 without a batching rule "
-                                         "yet", strict=False)]
     return []
 
 

@@ -105,6 +105,8 @@ LINALG = [
     "linalg.matrix_norm", "linalg.lu_factor", "linalg.lu_solve", "linalg.solve_triangular",
     "matrix_exp", "trace", "linalg.cross", "cdist", "dist", "renorm",
     "linalg.householder_product", "fft.fft", "fft.rfft2",
+    # new in torch 2.14 (skipped on 2.13: not an OpInfo there)
+    "linalg.matrix_sqrth", "linalg.polar",
 ]
 OPS = (POINTWISE + ACTIVATIONS + REDUCTIONS + VIEWS + MATMUL + CONV_POOL + INDEXING +
        NORMALIZATION + LOSSES + LINALG)

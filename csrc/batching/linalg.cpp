@@ -194,6 +194,9 @@ const RuleTable kMatrix({
     {"aten::linalg_lu", matrixRule(kUnary)},
     {"aten::linalg_ldl_factor_ex", matrixRule(kUnary)},
     {"aten::linalg_matrix_exp", matrixRule(cores({2}, /*contiguous=*/true))},
+    // new in torch 2.14: on 2.13 these names match no operator (NOTE: [Supported torch versions])
+    {"aten::linalg_matrix_sqrth", matrixRule(kUnary)},
+    {"aten::linalg_polar", matrixRule(kUnary)},
     {"aten::linalg_matrix_rank", matrixRule(kUnary)},
     {"aten::linalg_matrix_rank.atol_rtol_float", matrixRule(kUnary)},
     {"aten::tril", matrixRule(kUnary)},

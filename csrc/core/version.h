@@ -9,6 +9,11 @@
 // here, with FUNCTORCH_LITE_TORCH_AT_LEAST, and code elsewhere uses what this header defines
 // instead of testing TORCH_VERSION_* itself. Today the two differ only in the language their
 // headers need (C++20 from 2.14 on; setup.py compiles both as C++20).
+// Operators new in 2.14 (linalg_matrix_sqrth, linalg_polar) need no guard where they are only
+// named: batching rules are registered by operator name (RuleTable) and looked up when an
+// operator reaches a vmap level, so on 2.13 their names match nothing. Code that calls such an
+// operator through its at:: function (whose header 2.13 lacks) goes under
+// FUNCTORCH_LITE_TORCH_AT_LEAST(2, 14).
 #define FUNCTORCH_LITE_TORCH_AT_LEAST(major, minor) \
   (TORCH_VERSION_MAJOR > (major) || (TORCH_VERSION_MAJOR == (major) && TORCH_VERSION_MINOR >= (minor)))
 
