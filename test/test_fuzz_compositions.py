@@ -115,6 +115,27 @@ REGRESSIONS = [
      "    v2 = x.diagonal()\n    v3 = x.sigmoid()\n    v1.sin_()\n    return v3",
      [["vmap", {"in_dims": 1, "out_dims": 1}], ["jacfwd", {}],
       ["vmap", {"in_dims": 0, "out_dims": 1}]], (2, 3)),
+    # a view returned by vjp, whose base was written in place after it was taken, had its
+    # grad_fn rebuilt only in vjp_fn, after the level was gone: the replayed view recorded
+    # nothing and torch's internal assert `new_fn` fired (NOTE: [Views returned by vjp])
+    ("def f(x):\n    v0 = x.sum(0)\n    v1 = x.diagonal()\n    v2 = v1[1:]\n"
+     "    v3 = v0.expand(2, *v0.shape)\n    v0.mul_(v2)\n    return v3",
+     [["vjp", {}]], (2, 3)),
+    ("def f(x):\n    v0 = x.sum(0)\n    v1 = x.diagonal()\n    v2 = v1[1:]\n"
+     "    v3 = v0.expand(2, *v0.shape)\n    v0.mul_(v2)\n    return v3",
+     [["vjp", {}], ["vjp", {}]], (2, 3)),
+    ("def f(x):\n    v0 = torch.maximum(x, x + 0.25)\n    v1 = torch.maximum(v0, x + 0.25)\n"
+     "    v2 = v0.narrow(-1, 0, 1)\n    v3 = v0.narrow(-1, 0, 1)\n    v0.add_(v3)\n"
+     "    return v2",
+     [["vjp", {}], ["jvp", {}]], (2, 3)),
+    # ... and under an outer vmap, jacrev's basis was not batched at the outer level, so
+    # CopySlices (the backward of an in-place write into a view) could not copy the view's
+    # batched gradient into a buffer made like it (NOTE: [Basis vectors batched like the output])
+    ("def f(x):\n    v0 = x.t()\n    v1 = torch.ones_like(v0)\n    v1.add_(v0)\n"
+     "    v1.zero_()\n    v3 = v1[1:]\n    v4 = v1[1:]\n    v3.sin_()\n    return v4",
+     [["jacrev", {}], ["vmap", {"in_dims": 1, "out_dims": 0}]], (2, 3)),
+    ("def f(x):\n    v1 = x.t() * 1\n    v3 = v1[1:]\n    v3.sin_()\n    return v1",
+     [["jacrev", {}], ["vmap", {"in_dims": 1, "out_dims": 0}]], (2, 3)),
 ]
 
 # Programs that still differ from torch.func or crash (see docs/limitations.md).
@@ -131,11 +152,6 @@ KNOWN_MISMATCHES = [
      [["grad", {}], ["jacrev", {}], ["functionalize", {}]], (2, 3),
      "segfault: syncing the output of functionalize(jacrev(grad(f))) replays a view chain "
      "(torch's apply_view_meta_sequence) that crashes, for abs but not sin"),
-    ("def f(x):\n    v0 = x.sum(0)\n    v1 = x.diagonal()\n    v2 = v1[1:]\n"
-     "    v3 = v0.expand(2, *v0.shape)\n    v0.mul_(v2)\n    return v3",
-     [["vjp", {}], ["vjp", {}]], (2, 3),
-     "an expand view of an intermediate read after an in-place write into its base: the "
-     "second-order vjp differs (a single vjp raises torch's `new_fn` internal assert)"),
 ]
 
 
