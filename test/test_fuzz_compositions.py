@@ -136,6 +136,14 @@ REGRESSIONS = [
      [["jacrev", {}], ["vmap", {"in_dims": 1, "out_dims": 0}]], (2, 3)),
     ("def f(x):\n    v1 = x.t() * 1\n    v3 = v1[1:]\n    v3.sin_()\n    return v1",
      [["jacrev", {}], ["vmap", {"in_dims": 1, "out_dims": 0}]], (2, 3)),
+    # functionalize turned forward AD's copy_ into a tangent laid out like its primal into the
+    # functional copy, which vmap ran in a for-loop that stacked the samples contiguously; a view
+    # of the primal then had a tangent with other strides (torch's internal assert
+    # `!this_view_meta->has_fw_view()`, NOTE: [The functional copy keeps self's layout])
+    ("def f(x):\n    x.add_(0.5)\n    x.add_(0.5)\n    x.mul_(2.0)\n"
+     "    v3 = x.transpose(0, 1)\n    v4 = torch.ones_like(x)\n    v5 = x[1:]\n    return v3",
+     [["jacfwd", {}], ["functionalize", {"remove": "mutations_and_views"}],
+      ["vmap", {"in_dims": 1, "out_dims": 1}]], (2, 3)),
 ]
 
 # Programs that still differ from torch.func or crash (see docs/limitations.md).
@@ -152,6 +160,12 @@ KNOWN_MISMATCHES = [
      [["grad", {}], ["jacrev", {}], ["functionalize", {}]], (2, 3),
      "segfault: syncing the output of functionalize(jacrev(grad(f))) replays a view chain "
      "(torch's apply_view_meta_sequence) that crashes, for abs but not sin"),
+    ("def f(x):\n    y = torch.zeros(2, 3, dtype=torch.float32)\n    y.copy_(x)\n    return y",
+     [["jacfwd", {}], ["functionalize", {}], ["vmap", {"in_dims": 1}]], (2, 3),
+     "the Jacobian is float32 where torch.func's is float64: forward AD keeps a float64 tangent "
+     "copied into a float32 tensor only when the tangent's strides are the tensor's; inside "
+     "functionalize, x (batched at dim 1) keeps its per-sample strides (torch.func's are "
+     "contiguous), so its tangent's do not match y's and it is laid out anew, as float32"),
 ]
 
 
