@@ -166,6 +166,11 @@ KNOWN_MISMATCHES = [
      "copied into a float32 tensor only when the tangent's strides are the tensor's; inside "
      "functionalize, x (batched at dim 1) keeps its per-sample strides (torch.func's are "
      "contiguous), so its tangent's do not match y's and it is laid out anew, as float32"),
+    ("def f(x):\n    v0 = x.diagonal()\n    x.add_(0.5)\n    v2 = x.t()\n"
+     "    v3 = torch.ones_like(v0)\n    return v0",
+     [["functionalize", {"remove": "mutations_and_views"}], ["jvp", {}]], (2, 3),
+     "the tangent of a view of the input, taken before an in-place write into the input and "
+     "read (ones_like) after another view was taken, comes back zero"),
 ]
 
 
