@@ -269,4 +269,22 @@ def _vjp_with_argnums(func, args, argnums, has_aux, api, level_api):
             create_graph = torch.is_grad_enabled()
         return _autograd_grad(flat_out, diff, flat_ct, create_graph=create_graph)
 
+    # for jacrev (NOTE: [Basis vectors batched like the output])
+    vjp_fn.copies_slices = lambda: _copies_slices(flat_out)
     return (primal_out, vjp_fn, aux) if has_aux else (primal_out, vjp_fn)
+
+
+def _copies_slices(flat_outputs):
+    """Whether the backward pass from these outputs runs autograd's CopySlices (the backward of
+    an in-place write into a view)."""
+    seen = set()
+    todo = [o.grad_fn for o in flat_outputs]
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        if type(node).__name__ == "CopySlices":
+            return True
+        seen.add(node)
+        todo.extend(fn for fn, _ in node.next_functions)
+    return False

@@ -28,15 +28,17 @@ def _error_if_complex(api, tree, what):
 # may be a wrapper): it is a constant, and vmap batches it at its own level.
 #
 # NOTE: [Basis vectors batched like the output]
-# Under an outer vmap, though, jacrev's cotangent blocks are also batched (expanded, not
+# Under an outer vmap, though, jacrev's cotangent blocks may need to be batched (expanded, not
 # copied) at the vmap levels their output leaf is batched at, as torch.func's basis (made with
-# new_zeros on the output) is. The backward pass writes into buffers made like the cotangent:
-# an in-place write into a view of an intermediate (`y[1:].sin_()`) is undone by autograd's
-# CopySlices, which copies the view's gradient, batched at the outer level, into
-# `grad.new_empty_strided(...)`, and vmap refuses to write batched values into a tensor not
-# batched at that level. (jacfwd's tangent blocks stay plain: forward AD copies a tangent into
-# one laid out like its primal when they differ, NOTE: [Tangents batched like their primal],
-# and then writes into it in place.)
+# new_zeros on the output) always is. An in-place write into a view of an intermediate
+# (`y[1:].sin_()`) is undone in the backward pass by autograd's CopySlices, which copies the
+# view's gradient, batched at the outer level, into `grad.new_empty_strided(...)`, a buffer
+# batched like the cotangent; vmap refuses to write batched values into a tensor not batched at
+# that level. The blocks are expanded only when the graph has a CopySlices node: otherwise the
+# backward pass of a plain basis computes once what it would compute once per sample.
+# (jacfwd's tangent blocks stay plain: forward AD copies a tangent into one laid out like its
+# primal when they differ, NOTE: [Tangents batched like their primal], and then writes into it
+# in place.)
 def _basis(flat_leaves, numels, start, length):
     blocks = []
     offset = 0
@@ -48,8 +50,8 @@ def _basis(flat_leaves, numels, start, length):
     return blocks
 
 
-def _batched_like(block, leaf):
-    """`block`, expanded at each live vmap level `leaf` is batched at (NOTE above)."""
+def _vmap_levels(leaf):
+    """The live vmap levels `leaf` is batched at, outermost first."""
     levels = []
     while _C._level_of(leaf) is not None and _C._is_alive(leaf):
         if _C._is_batched(leaf):
@@ -57,6 +59,11 @@ def _batched_like(block, leaf):
             leaf = _C._unwrap_batched(leaf)[0]
         else:
             leaf = _C._unwrap_grad_wrapper(leaf)
+    return levels
+
+
+def _expanded_at(block, levels):
+    """`block` batched at each of `levels` (outermost first), expanded (NOTE above)."""
     for level in reversed(levels):  # innermost (lowest) level first
         batch_size = _C._vmap_info(level)[0]
         block = _C._add_batch_dim(block.expand(batch_size, *block.shape), 0, level)
@@ -92,13 +99,16 @@ def jacrev(func, argnums=0, *, has_aux=False, chunk_size=None, _preallocate_and_
 
         # Rows of the Jacobian per primal: (total, *primal.shape), one vjp per basis vector.
         blocks = _row_blocks(total, chunk_size)
+        levels = [_vmap_levels(o) for o in flat_output]
+        if not (any(levels) and vjp_fn.copies_slices()):
+            levels = [[] for _ in flat_output]
         preallocated = None
         if _preallocate_and_copy and len(blocks) > 1:
             preallocated = [p.new_zeros(total, *p.shape) for p in flat_primals]
         pieces = []
         for start, length in blocks:
-            basis = [_batched_like(b, o)
-                     for b, o in zip(_basis(flat_output, numels, start, length), flat_output)]
+            basis = [_expanded_at(b, lv)
+                     for b, lv in zip(_basis(flat_output, numels, start, length), levels)]
             if chunk_size == 1:
                 rows = vjp_fn(pytree.tree_unflatten([b[0] for b in basis], output_spec))
                 rows = [r.unsqueeze(0) for r in pytree.tree_leaves(rows)]
