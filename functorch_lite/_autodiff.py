@@ -139,6 +139,18 @@ def _strip(t):
     return t
 
 
+# NOTE: [Views returned by vjp]
+# An output that is a view whose base was written in place after the view was taken gets its
+# grad_fn rebuilt lazily, the first time it is read, by replaying the view on the base (our
+# wrappers record view functions, as tensor subclasses do). vjp_fn reads it only after the level
+# is gone, when the dead wrapper base acts as its value and the replay records nothing: torch's
+# internal assert `new_fn` fired. Reading grad_fn while the level is live rebuilds it then.
+def _refresh_view_history(flat_outputs):
+    for o in flat_outputs:
+        if o._is_view():
+            o.grad_fn  # noqa: B018 - reading it rebuilds it
+
+
 def _check_scalar_output(output, api):
     if not isinstance(output, torch.Tensor):
         raise RuntimeError(
@@ -230,6 +242,7 @@ def _vjp_with_argnums(func, args, argnums, has_aux, api, level_api):
                 f"{api}: Expected f to be a function that has non-empty output (got output = "
                 f"{output!r})."
             )
+        _refresh_view_history(flat_out)
         primal_out = _unwrap_tree(output, level)
         aux = _unwrap_tree(aux, level)
 
@@ -256,4 +269,22 @@ def _vjp_with_argnums(func, args, argnums, has_aux, api, level_api):
             create_graph = torch.is_grad_enabled()
         return _autograd_grad(flat_out, diff, flat_ct, create_graph=create_graph)
 
+    # for jacrev (NOTE: [Basis vectors batched like the output])
+    vjp_fn.copies_slices = lambda: _copies_slices(flat_out)
     return (primal_out, vjp_fn, aux) if has_aux else (primal_out, vjp_fn)
+
+
+def _copies_slices(flat_outputs):
+    """Whether the backward pass from these outputs runs autograd's CopySlices (the backward of
+    an in-place write into a view)."""
+    seen = set()
+    todo = [o.grad_fn for o in flat_outputs]
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        if type(node).__name__ == "CopySlices":
+            return True
+        seen.add(node)
+        todo.extend(fn for fn, _ in node.next_functions)
+    return False

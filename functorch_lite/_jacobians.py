@@ -4,7 +4,7 @@ import functools
 import torch
 from torch.utils import _pytree as pytree
 
-from functorch_lite import _dynamo
+from functorch_lite import _C, _dynamo
 from functorch_lite._autodiff import _name, _select_argnums, _vjp_with_argnums
 from functorch_lite._forward import _jvp_with_argnums
 from functorch_lite._vmap import vmap
@@ -26,6 +26,19 @@ def _error_if_complex(api, tree, what):
 # holds the part of row r at its column r - offset, which is diagonal (start - offset) of its
 # (length, numel) block. The basis is built with plain factories (not new_zeros on a leaf that
 # may be a wrapper): it is a constant, and vmap batches it at its own level.
+#
+# NOTE: [Basis vectors batched like the output]
+# Under an outer vmap, though, jacrev's cotangent blocks may need to be batched (expanded, not
+# copied) at the vmap levels their output leaf is batched at, as torch.func's basis (made with
+# new_zeros on the output) always is. An in-place write into a view of an intermediate
+# (`y[1:].sin_()`) is undone in the backward pass by autograd's CopySlices, which copies the
+# view's gradient, batched at the outer level, into `grad.new_empty_strided(...)`, a buffer
+# batched like the cotangent; vmap refuses to write batched values into a tensor not batched at
+# that level. The blocks are expanded only when the graph has a CopySlices node: otherwise the
+# backward pass of a plain basis computes once what it would compute once per sample.
+# (jacfwd's tangent blocks stay plain: forward AD copies a tangent into one laid out like its
+# primal when they differ, NOTE: [Tangents batched like their primal], and then writes into it
+# in place.)
 def _basis(flat_leaves, numels, start, length):
     blocks = []
     offset = 0
@@ -35,6 +48,26 @@ def _basis(flat_leaves, numels, start, length):
         blocks.append(block.view(length, *leaf.shape))
         offset += numel
     return blocks
+
+
+def _vmap_levels(leaf):
+    """The live vmap levels `leaf` is batched at, outermost first."""
+    levels = []
+    while _C._level_of(leaf) is not None and _C._is_alive(leaf):
+        if _C._is_batched(leaf):
+            levels.append(_C._level_of(leaf))
+            leaf = _C._unwrap_batched(leaf)[0]
+        else:
+            leaf = _C._unwrap_grad_wrapper(leaf)
+    return levels
+
+
+def _expanded_at(block, levels):
+    """`block` batched at each of `levels` (outermost first), expanded (NOTE above)."""
+    for level in reversed(levels):  # innermost (lowest) level first
+        batch_size = _C._vmap_info(level)[0]
+        block = _C._add_batch_dim(block.expand(batch_size, *block.shape), 0, level)
+    return block
 
 
 def _row_blocks(total, chunk_size):
@@ -66,12 +99,16 @@ def jacrev(func, argnums=0, *, has_aux=False, chunk_size=None, _preallocate_and_
 
         # Rows of the Jacobian per primal: (total, *primal.shape), one vjp per basis vector.
         blocks = _row_blocks(total, chunk_size)
+        levels = [_vmap_levels(o) for o in flat_output]
+        if not (any(levels) and vjp_fn.copies_slices()):
+            levels = [[] for _ in flat_output]
         preallocated = None
         if _preallocate_and_copy and len(blocks) > 1:
             preallocated = [p.new_zeros(total, *p.shape) for p in flat_primals]
         pieces = []
         for start, length in blocks:
-            basis = _basis(flat_output, numels, start, length)
+            basis = [_expanded_at(b, lv)
+                     for b, lv in zip(_basis(flat_output, numels, start, length), levels)]
             if chunk_size == 1:
                 rows = vjp_fn(pytree.tree_unflatten([b[0] for b in basis], output_spec))
                 rows = [r.unsqueeze(0) for r in pytree.tree_leaves(rows)]

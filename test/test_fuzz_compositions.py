@@ -57,8 +57,9 @@ def _check(worker, source, stack, shape, seed=0):
     message = f"{result['outcome']}: {result['detail']}\n{describe(source, stack, shape)}"
     if KEEP_GOING and result["outcome"] not in PASSING:
         FAILURES.append(message)
-        return
+        return result["outcome"]
     assert result["outcome"] in PASSING, message
+    return result["outcome"]
 
 
 @settings(max_examples=EXAMPLES, deadline=None, database=None,
@@ -98,6 +99,51 @@ REGRESSIONS = [
     ("def f(x):\n    v0 = torch.zeros((2, 3), dtype=x.dtype)\n    x.add_(0.5)\n"
      "    return torch.maximum(x, v0 + 0.25)",
      [["jvp", {}], ["jacfwd", {}], ["functionalize", {"remove": "mutations_and_views"}]], (2, 3)),
+    # an in-place operator on a primal batched at an outer vmap wrote its batched tangent into
+    # jacfwd's basis vector, which was not batched there (NOTE: [Tangents batched like their
+    # primal])
+    ("def f(x):\n    x.sin_()\n    return x",
+     [["jacfwd", {}], ["vmap", {"in_dims": 0, "out_dims": 0}]], (2, 3)),
+    ("def f(x):\n    v0 = x[1:]\n    v1 = v0.t()\n    v1.clamp_(-2.0, 2.0)\n"
+     "    v3 = torch.zeros((3, 1), dtype=x.dtype)\n    return v1",
+     [["vmap", {"in_dims": 1, "out_dims": 0}], ["jacfwd", {}],
+      ["vmap", {"in_dims": 0, "out_dims": 0}]], (2, 3)),
+    ("def f(x):\n    x.add_(0.5)\n    x.mul_(2.0)\n    v2 = x + 1.0\n    return x",
+     [["jacfwd", {}], ["vmap", {"in_dims": 0, "out_dims": 0}],
+      ["vmap", {"in_dims": 0, "out_dims": 0}]], (2, 3)),
+    ("def f(x):\n    x.sin_()\n    v1 = torch.ones_like(x)\n    v1.add_(x)\n"
+     "    v2 = x.diagonal()\n    v3 = x.sigmoid()\n    v1.sin_()\n    return v3",
+     [["vmap", {"in_dims": 1, "out_dims": 1}], ["jacfwd", {}],
+      ["vmap", {"in_dims": 0, "out_dims": 1}]], (2, 3)),
+    # a view returned by vjp, whose base was written in place after it was taken, had its
+    # grad_fn rebuilt only in vjp_fn, after the level was gone: the replayed view recorded
+    # nothing and torch's internal assert `new_fn` fired (NOTE: [Views returned by vjp])
+    ("def f(x):\n    v0 = x.sum(0)\n    v1 = x.diagonal()\n    v2 = v1[1:]\n"
+     "    v3 = v0.expand(2, *v0.shape)\n    v0.mul_(v2)\n    return v3",
+     [["vjp", {}]], (2, 3)),
+    ("def f(x):\n    v0 = x.sum(0)\n    v1 = x.diagonal()\n    v2 = v1[1:]\n"
+     "    v3 = v0.expand(2, *v0.shape)\n    v0.mul_(v2)\n    return v3",
+     [["vjp", {}], ["vjp", {}]], (2, 3)),
+    ("def f(x):\n    v0 = torch.maximum(x, x + 0.25)\n    v1 = torch.maximum(v0, x + 0.25)\n"
+     "    v2 = v0.narrow(-1, 0, 1)\n    v3 = v0.narrow(-1, 0, 1)\n    v0.add_(v3)\n"
+     "    return v2",
+     [["vjp", {}], ["jvp", {}]], (2, 3)),
+    # ... and under an outer vmap, jacrev's basis was not batched at the outer level, so
+    # CopySlices (the backward of an in-place write into a view) could not copy the view's
+    # batched gradient into a buffer made like it (NOTE: [Basis vectors batched like the output])
+    ("def f(x):\n    v0 = x.t()\n    v1 = torch.ones_like(v0)\n    v1.add_(v0)\n"
+     "    v1.zero_()\n    v3 = v1[1:]\n    v4 = v1[1:]\n    v3.sin_()\n    return v4",
+     [["jacrev", {}], ["vmap", {"in_dims": 1, "out_dims": 0}]], (2, 3)),
+    ("def f(x):\n    v1 = x.t() * 1\n    v3 = v1[1:]\n    v3.sin_()\n    return v1",
+     [["jacrev", {}], ["vmap", {"in_dims": 1, "out_dims": 0}]], (2, 3)),
+    # functionalize turned forward AD's copy_ into a tangent laid out like its primal into the
+    # functional copy, which vmap ran in a for-loop that stacked the samples contiguously; a view
+    # of the primal then had a tangent with other strides (torch's internal assert
+    # `!this_view_meta->has_fw_view()`, NOTE: [The functional copy keeps self's layout])
+    ("def f(x):\n    x.add_(0.5)\n    x.add_(0.5)\n    x.mul_(2.0)\n"
+     "    v3 = x.transpose(0, 1)\n    v4 = torch.ones_like(x)\n    v5 = x[1:]\n    return v3",
+     [["jacfwd", {}], ["functionalize", {"remove": "mutations_and_views"}],
+      ["vmap", {"in_dims": 1, "out_dims": 1}]], (2, 3)),
 ]
 
 # Programs that still differ from torch.func or crash (see docs/limitations.md).
@@ -114,11 +160,17 @@ KNOWN_MISMATCHES = [
      [["grad", {}], ["jacrev", {}], ["functionalize", {}]], (2, 3),
      "segfault: syncing the output of functionalize(jacrev(grad(f))) replays a view chain "
      "(torch's apply_view_meta_sequence) that crashes, for abs but not sin"),
-    ("def f(x):\n    v0 = x.sum(0)\n    v1 = x.diagonal()\n    v2 = v1[1:]\n"
-     "    v3 = v0.expand(2, *v0.shape)\n    v0.mul_(v2)\n    return v3",
-     [["vjp", {}], ["vjp", {}]], (2, 3),
-     "an expand view of an intermediate read after an in-place write into its base: the "
-     "second-order vjp differs (a single vjp raises torch's `new_fn` internal assert)"),
+    ("def f(x):\n    y = torch.zeros(2, 3, dtype=torch.float32)\n    y.copy_(x)\n    return y",
+     [["jacfwd", {}], ["functionalize", {}], ["vmap", {"in_dims": 1}]], (2, 3),
+     "the Jacobian is float32 where torch.func's is float64: forward AD keeps a float64 tangent "
+     "copied into a float32 tensor only when the tangent's strides are the tensor's; inside "
+     "functionalize, x (batched at dim 1) keeps its per-sample strides (torch.func's are "
+     "contiguous), so its tangent's do not match y's and it is laid out anew, as float32"),
+    ("def f(x):\n    v0 = x.diagonal()\n    x.add_(0.5)\n    v2 = x.t()\n"
+     "    v3 = torch.ones_like(v0)\n    return v0",
+     [["functionalize", {"remove": "mutations_and_views"}], ["jvp", {}]], (2, 3),
+     "the tangent of a view of the input, taken before an in-place write into the input and "
+     "read (ones_like) after another view was taken, comes back zero"),
 ]
 
 
@@ -133,7 +185,9 @@ def test_known_mismatches(worker, source, stack, shape):
 @pytest.mark.parametrize("source, stack, shape", REGRESSIONS,
                          ids=[f"case{i}" for i in range(len(REGRESSIONS))])
 def test_regressions_from_the_fuzzer(worker, source, stack, shape):
-    _check(worker, source, stack, shape)
+    outcome = _check(worker, source, stack, shape)
+    # a fixed difference stays fixed: raising where torch.func computes a result fails here
+    assert outcome != "ours_raises", describe(source, stack, shape)
 
 
 @pytest.mark.skipif(not KEEP_GOING, reason="only with FUZZ_KEEP_GOING=1: without it the first "

@@ -3,6 +3,7 @@
 #include <ATen/TensorOperators.h>
 #include <ATen/native/TypeProperties.h>
 #include <ATen/ExpandUtils.h>
+#include <ATen/ops/copy.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/where.h>
 #include <ATen/ops/zeros_like.h>
@@ -379,11 +380,45 @@ void fillTensorRule(const c10::OperatorHandle& op, torch::jit::Stack* stack,
   torch::jit::push(*stack, inplace ? args[0] : c10::IValue(makeBatched(x, 0, layer)));
 }
 
+// NOTE: [The functional copy keeps self's layout]
+// copy(self, src) -> Tensor, what functionalization turns `self.copy_(src)` into, returns a
+// tensor with self's strides (clone_preserve_strides) holding src's values. Forward AD relies
+// on that: set_fw_grad makes a tangent laid out like its primal and fills it with copy_, and a
+// view of the primal later expects the view of the tangent to have the primal view's strides
+// (torch's internal assert `!this_view_meta->has_fw_view()` otherwise). The for-loop fallback
+// stacks the samples contiguously instead; here the copy is taken of self's physical value
+// with its batch dim in front, a view with self's memory layout, so every sample keeps self's
+// strides. An unbatched self is expanded into a fresh batched tensor.
+void functionalCopyRule(const c10::OperatorHandle& op, torch::jit::Stack* stack,
+                        const LayerPtr& layer) {
+  auto args = torch::jit::pop(*stack, op.schema().arguments().size());
+  Unwrapped self = unwrapAt(args[0].toTensor(), layer);
+  Unwrapped src = unwrapAt(args[1].toTensor(), layer);
+  const bool non_blocking = args[2].toBool();
+  at::Tensor source = src.batched()
+      ? padLogicalRank(batchFront(src), src.logicalRank(), self.logicalRank())
+      : src.value;
+  at::Tensor out;
+  if (self.batched()) {
+    out = at::copy(batchFront(self), source, non_blocking);
+  } else {
+    std::vector<int64_t> sizes = self.value.sizes().vec();
+    sizes.insert(sizes.begin(), layer->batch_size);
+    out = self.value.new_empty(sizes);
+    out.copy_(source, non_blocking);
+  }
+  torch::jit::push(*stack, makeBatched(out, 0, layer));
+}
+
 const RuleTable kChannelwise({
     {"aten::_prelu_kernel", preluRule},
     {"aten::_prelu_kernel_backward", preluBackwardRule},
     {"aten::fill.Tensor", fillTensorRule},
     {"aten::fill_.Tensor", fillTensorRule},
+});
+
+const RuleTable kCopy({
+    {"aten::copy", functionalCopyRule},
 });
 
 }  // namespace

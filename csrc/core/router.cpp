@@ -2,6 +2,9 @@
 // operator's arguments.
 #include "core/router.h"
 
+#include <algorithm>
+#include <vector>
+
 #include <ATen/FunctionalTensorWrapper.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/_has_same_storage_numel.h>
@@ -187,27 +190,58 @@ void routerFallback(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
 // _has_same_storage_numel. Under vmap(jvp) the tangent is a grad wrapper around a BatchedTensor,
 // and a per-sample answer cannot be batched into one bool. Both queries are answered here, at
 // the top, for any level: every wrapper's sizes are the logical ones, so is_same_size compares
-// them directly. _has_same_storage_numel (does the tangent's storage have the primal's layout?)
-// has no meaning for a batched tensor; like functorch it answers true then, and otherwise asks
-// the plain tensors under the grad wrappers.
+// them directly. _has_same_storage_numel(tangent, primal) (does the tangent's storage have the
+// primal's layout?) has no meaning for a batched tensor; like functorch it answers true then,
+// and otherwise asks the plain tensors under the wrappers.
+//
+// NOTE: [Tangents batched like their primal]
+// One exception: a primal batched at a vmap level at which its tangent is not (jacfwd's basis
+// vector attached to a primal of an outer vmap, or a constant tangent). The answer is then
+// false, so set_fw_grad replaces the tangent with _new_zeros_with_same_feature_meta(tangent,
+// primal) (batched at the primal's levels too, batching/forward_ad.cpp) and copies it in. An
+// in-place operator on the primal later writes its new, batched tangent into that tangent in
+// place (`self_t.copy_(...)`), which vmap allows only into a tensor batched at that level; so
+// does torch.func, whose tangents there are batched at both levels. The price is torch.func's
+// too: under vmap(jacfwd(f)) every sample carries its own copy of the basis, so an operation on
+// the tangent alone (W @ t) runs once per sample instead of once for all of them.
+struct Peeled {
+  at::Tensor plain;                       // the tensor under every wrapper
+  std::vector<const Layer*> vmap_layers;  // the vmap layers it is batched at
+};
+
+Peeled peel(at::Tensor t) {
+  Peeled out;
+  while (layerOf(t) != nullptr || at::functionalization::impl::isFunctionalTensor(t)) {
+    if (auto* batched = asBatched(t)) {
+      out.vmap_layers.push_back(batched->layer().get());
+      t = batched->value();
+    } else if (auto* wrapper = asGradWrapper(t)) {
+      t = wrapper->value();
+    } else {
+      // a FunctionalTensorWrapper around our wrappers (NOTE: [functionalize inside our
+      // transforms]) is asked about the tensor it wraps
+      t = at::functionalization::impl::from_functional_tensor(t);
+    }
+  }
+  out.plain = t;
+  return out;
+}
+
 bool isSameSize(const at::Tensor& self, const at::Tensor& other) {
   return self.sym_sizes() == other.sym_sizes();
 }
 
 bool hasSameStorageNumel(const at::Tensor& self, const at::Tensor& other) {
-  at::Tensor a = self;
-  at::Tensor b = other;
-  for (at::Tensor* t : {&a, &b}) {
-    while (layerOf(*t) != nullptr || at::functionalization::impl::isFunctionalTensor(*t)) {
-      if (asBatched(*t) != nullptr) return true;
-      auto* wrapper = asGradWrapper(*t);
-      // a FunctionalTensorWrapper around our wrappers (NOTE: [functionalize inside our
-      // transforms]) is asked about the tensor it wraps
-      *t = wrapper != nullptr ? wrapper->value()
-                              : at::functionalization::impl::from_functional_tensor(*t);
+  const Peeled tangent = peel(self);
+  const Peeled primal = peel(other);
+  for (const Layer* layer : primal.vmap_layers) {
+    if (std::find(tangent.vmap_layers.begin(), tangent.vmap_layers.end(), layer) ==
+        tangent.vmap_layers.end()) {
+      return false;  // NOTE: [Tangents batched like their primal]
     }
   }
-  return at::_has_same_storage_numel(a, b);
+  if (!tangent.vmap_layers.empty() || !primal.vmap_layers.empty()) return true;
+  return at::_has_same_storage_numel(tangent.plain, primal.plain);
 }
 
 // NOTE: [Factory functions inside grad]
