@@ -282,6 +282,19 @@ def test_functionalize_inside_compiled_function():
     assert frames(counter) == 1
 
 
+def test_vmap_of_functionalize_inside_compiled_function():
+    def step(b):
+        x = b.clone()
+        y = fl.vmap(fl.functionalize(lambda t: t.view(3, 1).add_(1).mul_(2)))(x)
+        return x, y  # the mutation of each sample of x is applied back, as eagerly
+
+    expected = tf.vmap(tf.functionalize(lambda t: t.view(3, 1).add_(1).mul_(2)))(B.clone())
+    compiled, _ = compile_once(step)
+    x, y = compiled(B)
+    assert_close(y, expected)
+    assert_close(x, B.view(5, 3, 1).add(1).mul(2).view(5, 3))
+
+
 # ---- randomness ----
 
 

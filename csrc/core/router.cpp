@@ -8,6 +8,8 @@
 #include <ATen/FunctionalTensorWrapper.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/_has_same_storage_numel.h>
+#include <ATen/ops/zeros.h>
+#include <c10/core/InferenceMode.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
@@ -109,7 +111,20 @@ void processGradLevel(const c10::OperatorHandle& op, torch::jit::Stack* stack,
   if (layer->level > functionalize_level_ && functionalizationIsOn()) {
     excluded = excluded.add(c10::DispatchKey::Functionalize);
   }
-  c10::impl::ExcludeDispatchKeyGuard no_router(excluded);
+  // NOTE: [A grad level always records]
+  // Autograd at this level is this level's transform, not the caller's autograd: it runs even
+  // where the caller excluded the autograd keys, as functorch does when it enters a grad layer.
+  // torch's *_like factories (torch.empty_like, ...) call their operator below autograd; inside
+  // functionalize that operator first syncs its argument, and the views it replays then (to
+  // regenerate a view of a mutated tensor) must be recorded, or the view loses its gradient.
+  // Inference mode keeps the keys excluded: its tensors can't be recorded.
+  c10::impl::LocalDispatchKeySet local = c10::impl::tls_local_dispatch_key_set();
+  if (!c10::InferenceMode::is_enabled()) {
+    local.excluded_ = local.excluded_ - c10::autograd_dispatch_keyset.add(
+                                            c10::DispatchKey::ADInplaceOrView);
+  }
+  local.excluded_ = local.excluded_ | excluded;
+  c10::impl::ForceDispatchKeyGuard no_router(local);
   op.callBoxed(stack);
 }
 
@@ -241,6 +256,11 @@ bool hasSameStorageNumel(const at::Tensor& self, const at::Tensor& other) {
     }
   }
   if (!tangent.vmap_layers.empty() || !primal.vmap_layers.empty()) return true;
+  // Plain tensors are asked with the mode key off: a ZeroTensor tangent reaches the kernel
+  // through ZeroTensor's fallback, which materializes it with at::zeros, and a factory called
+  // under the mode key would be wrapped at the live grad levels (NOTE: [Factory functions
+  // inside grad]), handing a wrapper to a kernel that reads its storage.
+  c10::impl::ExcludeDispatchKeyGuard no_mode(kModeKey);
   return at::_has_same_storage_numel(tangent.plain, primal.plain);
 }
 
@@ -258,6 +278,30 @@ bool hasSameStorageNumel(const at::Tensor& self, const at::Tensor& other) {
 // FunctionalTensorWrapper, then at the grad levels above it, the order its inputs were wrapped
 // in. Otherwise a FunctionalTensorWrapper could end up under one of our wrappers inside a
 // functionalize that is itself inside that transform, and reach a CPU kernel unwrapped.
+//
+// NOTE: [Shape checks of functionalization]
+// Before it replaces an in-place operator by its out-of-place version, a Functionalize kernel
+// runs the in-place operator on meta copies of its arguments, with functionalization skipped,
+// to report the shape errors only the in-place form has. Those meta tensors are scratch, not
+// values of the function: factories they call (the meta kernels are Python references that
+// build their results from scalar tensors) are left plain. Wrapped, they would lift the meta
+// copy of the written argument into this level, and its write-back (copy_) would be refused
+// as a write into a captured tensor.
+bool inFunctionalizationShapeCheck(const at::Tensor& out) {
+  return out.is_meta() &&
+         c10::impl::tls_is_dispatch_key_included(c10::DispatchKey::Functionalize) &&
+         c10::impl::tls_is_dispatch_key_excluded(c10::DispatchKey::Functionalize);
+}
+
+//
+// NOTE: [No ZeroTensors inside functionalize]
+// Derivative formulas make zeros with at::_efficientzerotensor, a tensor with the ZeroTensor
+// key and no data. ZeroTensor's kernels run before Functionalize's, so on a
+// FunctionalTensorWrapper around a ZeroTensor a view operator (view, reshape, ...) runs
+// ZeroTensor's kernel on the wrapper itself: it makes a plain TensorImpl that carries the
+// Functionalize key and the wrapper's storage, which torch._sync then reads as a wrapper and
+// crashes on. While functionalize is running (even inside one of its kernels, where it is
+// excluded) such zeros are made as ordinary zeros, so no ZeroTensor reaches a wrapper.
 void factoryKernel(const c10::OperatorHandle& op, c10::DispatchKeySet, torch::jit::Stack* stack) {
   const bool functional = functionalizationIsOn();
   {
@@ -265,9 +309,15 @@ void factoryKernel(const c10::OperatorHandle& op, c10::DispatchKeySet, torch::ji
         functional ? c10::DispatchKeySet({kModeKey, c10::DispatchKey::Functionalize})
                    : c10::DispatchKeySet(kModeKey));
     op.callBoxed(stack);
+    const at::Tensor& made = stack->back().toTensor();
+    if (made._is_zerotensor() &&
+        c10::impl::tls_is_dispatch_key_included(c10::DispatchKey::Functionalize)) {
+      stack->back() = at::zeros_symint(made.sym_sizes(), made.options());
+    }
   }
-  const int64_t bound = processingBound();
   c10::IValue& out = stack->back();
+  if (inFunctionalizationShapeCheck(out.toTensor())) return;
+  const int64_t bound = processingBound();
   auto wrapLevels = [&](auto&& selected) {
     for (const auto& layer : layerStack()) {
       if (layer->kind == LayerKind::Vmap || layer->level >= bound || !selected(*layer)) continue;
