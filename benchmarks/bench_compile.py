@@ -1,7 +1,7 @@
 """Benchmark: per-sample gradients compiled by functorch_lite.compile vs torch.func eager.
 
 Run: python benchmarks/bench_compile.py [--threads 1] [--cold] [--transforms torch.func]
-     [--models mlp,cnn,embed,transformer]
+     [--models mlp,cnn,cnn256,embed,transformer,ensemble]
 """
 
 import argparse
@@ -13,7 +13,7 @@ import torch.func
 
 import functorch_lite
 from common import assert_trees_close, progress, ratio_text, timed_row, write_results
-from workloads import make_case, sample_loss
+from workloads import vmapped_grads
 from functorch_lite.compile import aot_function, inductor_compile, nop, set_memory_pool_enabled
 
 # A graph inductor cannot compile must fail the run, not be timed uncompiled under the
@@ -21,9 +21,10 @@ from functorch_lite.compile import aot_function, inductor_compile, nop, set_memo
 os.environ.setdefault("FUNCTORCH_LITE_INDUCTOR_STRICT", "1")
 
 # NOTE: [What bench_compile measures]
-# For each model of per_sample_grads.py (benchmarks/workloads.py: the MLP, the MNIST CNN, the
-# embedding model, the transformer block), per-sample gradients of the loss w.r.t. the
-# parameters for a batch of 64:
+# For each workload of per_sample_grads.py (benchmarks/workloads.py: the MLP, the MNIST CNN at
+# batch 64 and 256, the embedding model, the transformer block), per-sample gradients of the
+# loss w.r.t. the parameters (for the ensemble of 10 MLPs: each model's gradient and loss, vmap
+# over the stacked parameters):
 #   torch.func eager   torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0, 0))
 #   aot nop            aot_function(vmap(grad(loss)), nop): the traced aten graph run eagerly
 #   aot inductor       aot_function(vmap(grad(loss)), inductor_compile)
@@ -39,7 +40,7 @@ os.environ.setdefault("FUNCTORCH_LITE_INDUCTOR_STRICT", "1")
 # compiled time, so above 1 means faster than torch.func.
 
 
-MODELS = ("mlp", "cnn", "embed", "transformer")  # benchmarks/workloads.py, as per_sample_grads.py
+MODELS = ("mlp", "cnn", "cnn256", "embed", "transformer", "ensemble")  # as per_sample_grads.py
 
 
 def without_pool(fn):
@@ -101,10 +102,7 @@ def main():
         inductor_config.force_disable_caches = True
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.transforms == "functorch_lite":
-        vmap, grad = functorch_lite.vmap, functorch_lite.grad
-    else:
-        vmap, grad = torch.func.vmap, torch.func.grad
+    lib = functorch_lite if args.transforms == "functorch_lite" else torch.func
     compilers = [("aot nop", nop)] + (
         [] if args.no_inductor else [("aot inductor", inductor_compile)]
     )
@@ -119,19 +117,14 @@ def main():
 
     rows = []
     for case in args.models.split(","):
-        model, x, y = make_case(case, args.batch)
-        params = {k: v.detach() for k, v in model.named_parameters()}
-        inputs = (params, x, y)
-        loss = sample_loss(functorch_lite if args.transforms == "functorch_lite" else torch.func,
-                           model)
-        reference = torch.func.vmap(torch.func.grad(sample_loss(torch.func, model)),
-                                    in_dims=(None, 0, 0))
+        traced, inputs = vmapped_grads(lib, case, args.batch)
+        reference, _ = vmapped_grads(torch.func, case, args.batch)
         expected = reference(*inputs)
         variants = {"torch.func eager": reference}
         row = {"case": case, "transforms": args.transforms}
         for label, compiler in compilers:
             progress(f"[{case}] compiling with {label}")
-            compiled = aot_function(vmap(grad(loss), in_dims=(None, 0, 0)), compiler)
+            compiled = aot_function(traced, compiler)
             row[f"{label} compile s"] = first_call_s(compiled, inputs)
             assert_trees_close(compiled(*inputs), expected)
             variants[label] = compiled

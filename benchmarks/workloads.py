@@ -116,3 +116,25 @@ def ensemble_loss(lib, base):
         return F.cross_entropy(lib.functional_call(base, params, (x,)), y)
 
     return loss
+
+
+def stacked_ensemble(batch=64):
+    """(base module, stacked parameters, x, y) of the ensemble."""
+    models, x, y = make_ensemble(batch)
+    base = models[0]
+    stacked = {k: torch.stack([dict(m.named_parameters())[k].detach() for m in models])
+               for k, _ in base.named_parameters()}
+    return base, stacked, x, y
+
+
+def vmapped_grads(lib, name, batch=64):
+    """(fn, args): workload `name`'s gradients under lib's vmap (functorch_lite or torch.func),
+    per sample (vmap(grad(loss)), in_dims=(None, 0, 0)) or, for the ensemble, per model
+    (vmap(grad_and_value(loss)), in_dims=(0, None, None))."""
+    if name == "ensemble":
+        base, stacked, x, y = stacked_ensemble(batch)
+        fn = lib.vmap(lib.grad_and_value(ensemble_loss(lib, base)), in_dims=(0, None, None))
+        return fn, (stacked, x, y)
+    model, x, y = make_case(name, batch)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    return lib.vmap(lib.grad(sample_loss(lib, model)), in_dims=(None, 0, 0)), (params, x, y)
