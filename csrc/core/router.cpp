@@ -206,8 +206,8 @@ void routerFallback(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
 // and a per-sample answer cannot be batched into one bool. Both queries are answered here, at
 // the top, for any level: every wrapper's sizes are the logical ones, so is_same_size compares
 // them directly. _has_same_storage_numel(tangent, primal) (does the tangent's storage have the
-// primal's layout?) has no meaning for a batched tensor; like functorch it answers true then,
-// and otherwise asks the plain tensors under the wrappers.
+// primal's layout?) has no meaning for a batched tensor; it answers true then, and otherwise
+// asks the plain tensors under the wrappers.
 //
 // NOTE: [Tangents batched like their primal]
 // One exception: a primal batched at a vmap level at which its tangent is not (jacfwd's basis
@@ -215,10 +215,10 @@ void routerFallback(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
 // false, so set_fw_grad replaces the tangent with _new_zeros_with_same_feature_meta(tangent,
 // primal) (batched at the primal's levels too, batching/forward_ad.cpp) and copies it in. An
 // in-place operator on the primal later writes its new, batched tangent into that tangent in
-// place (`self_t.copy_(...)`), which vmap allows only into a tensor batched at that level; so
-// does torch.func, whose tangents there are batched at both levels. The price is torch.func's
-// too: under vmap(jacfwd(f)) every sample carries its own copy of the basis, so an operation on
-// the tangent alone (W @ t) runs once per sample instead of once for all of them.
+// place (`self_t.copy_(...)`), which vmap allows only into a tensor batched at that level, so
+// the tangent must be batched at both levels. The price: under vmap(jacfwd(f)) every sample
+// carries its own copy of the basis, so an operation on the tangent alone (W @ t) runs once per
+// sample instead of once for all of them.
 struct Peeled {
   at::Tensor plain;                       // the tensor under every wrapper
   std::vector<const Layer*> vmap_layers;  // the vmap layers it is batched at
