@@ -4,7 +4,7 @@ import functools
 import torch
 from torch.utils import _pytree as pytree
 
-from functorch_lite import _C, _custom_function, _dynamo
+from functorch_lite import _C, _custom_function, _dynamo, _tree
 from functorch_lite._guards import plain_requires_grad_
 
 _custom_function._install()  # autograd.Function inside transforms (NOTE in _custom_function.py)
@@ -15,13 +15,13 @@ def _name(func):
 
 
 def _wrap_tree(tree, level):
-    return pytree.tree_map(
+    return _tree.tree_map(
         lambda t: _C._wrap_for_grad(t, level) if isinstance(t, torch.Tensor) else t, tree
     )
 
 
 def _unwrap_tree(tree, level):
-    return pytree.tree_map(
+    return _tree.tree_map(
         lambda t: _C._unwrap_for_grad(t, level) if isinstance(t, torch.Tensor) else t, tree
     )
 
@@ -42,7 +42,7 @@ def _make_differentiable(tree, api):
             )
         return plain_requires_grad_(t)
 
-    return pytree.tree_map(mark, tree)
+    return _tree.tree_map(mark, tree)
 
 
 # NOTE: [One argnums helper]
@@ -111,9 +111,9 @@ def _split_aux(output, has_aux, api):
 
 def _autograd_grad(outputs, inputs, grad_outputs, create_graph=True):
     """torch.autograd.grad that gives zeros for inputs the outputs do not depend on."""
-    flat_inputs, spec = pytree.tree_flatten(inputs)
-    flat_outputs = pytree.tree_leaves(outputs)
-    flat_grad_outputs = pytree.tree_leaves(grad_outputs)
+    flat_inputs = _tree.tree_leaves(inputs)
+    flat_outputs = _tree.tree_leaves(outputs)
+    flat_grad_outputs = _tree.tree_leaves(grad_outputs)
     diff = [(o, g) for o, g in zip(flat_outputs, flat_grad_outputs) if o.requires_grad]
     if diff:
         grads = torch.autograd.grad(
@@ -129,7 +129,7 @@ def _autograd_grad(outputs, inputs, grad_outputs, create_graph=True):
     grads = [
         torch.zeros_like(_strip(x)) if g is None else _strip(g) for g, x in zip(grads, flat_inputs)
     ]
-    return pytree.tree_unflatten(grads, spec)
+    return _tree.tree_fill(inputs, grads)
 
 
 def _strip(t):
