@@ -21,8 +21,6 @@ def tree_map(fn, tree):
         return kind(tree_map(fn, t) for t in tree)
     if kind is dict:
         return {k: tree_map(fn, v) for k, v in tree.items()}
-    if tree is None:
-        return None  # pytree's None is a node without children
     return pytree.tree_map(fn, tree)
 
 
