@@ -1,7 +1,7 @@
-"""Benchmark: jacrev, jacfwd, hessian and vmap(jacrev) of functorch_lite vs torch.func vs a loop.
+"""Benchmark: jacrev, jacfwd, hessian, vmap(jacrev) and vmap(jacfwd): functorch_lite, torch.func, a loop.
 
 The loop is torch.autograd.functional (one backward per output row, vectorize=False), and a
-Python loop over the batch for vmap(jacrev). Writes benchmarks/results/jacobians.{json,png}.
+Python loop over the batch for vmap(jacrev) and vmap(jacfwd). Writes benchmarks/results/jacobians.{json,png}.
 """
 import argparse
 import sys
@@ -18,7 +18,8 @@ from functorch_lite._vmap import vmap
 #   jacrev / jacfwd  16->16, 32->2048 (tall: jacfwd's case), 2048->32 (wide: jacrev's case)
 #   hessian 512->32  the Hessian (512 x 512) of the scalar x -> sum(tanh(W x + b)), W: 32 x 512,
 #                    i.e. a 512-vector through a 32-wide layer (hessian is jacfwd(jacrev(.))).
-#   vmap(jacrev)     per-sample Jacobians, 64 samples, 31->33.
+#   vmap(jacrev)     per-sample Jacobians, 64 samples, 31->33,
+#   vmap(jacfwd)     and the same by forward mode (one basis of tangents per sample).
 # Times are medians over --repeat runs after --warmup runs, functorch_lite and torch.func
 # taking turns so that load from other processes hits both alike. ratio = functorch_lite time /
 # torch.func time, so below 1.0 means functorch_lite is faster.
@@ -54,12 +55,13 @@ def cases(generator):
 
     xs = torch.randn(64, 31, generator=generator)
     out.append(("vmap(jacrev) B=64 31->33", "vmap_jacrev", f2, (xs,)))
+    out.append(("vmap(jacfwd) B=64 31->33", "vmap_jacfwd", f2, (xs,)))
     return out
 
 
 def build(module, vmap_fn, kind, f):
-    if kind == "vmap_jacrev":
-        return vmap_fn(module.jacrev(f))
+    if kind in ("vmap_jacrev", "vmap_jacfwd"):
+        return vmap_fn(getattr(module, kind.removeprefix("vmap_"))(f))
     return getattr(module, kind)(f)
 
 
@@ -68,7 +70,7 @@ def loop_reference(kind, f):
     functional = torch.autograd.functional
     if kind == "hessian":
         return lambda x: functional.hessian(f, x)
-    if kind == "vmap_jacrev":
+    if kind in ("vmap_jacrev", "vmap_jacfwd"):
         return lambda xs: torch.stack([functional.jacobian(f, x) for x in xs])
     return lambda x: functional.jacobian(f, x)
 
