@@ -2,11 +2,12 @@
 
 NOTE: [Fast tree maps]
 grad wraps its arguments, marks them differentiable, flattens them for autograd and unwraps
-gradients, value and aux: half a dozen traversals of (params dict, input, label) per call, and
-torch's pytree took about 10 us for each, as long as several batched operators. Plain tuples,
-lists and dicts (the exact types: a namedtuple, an OrderedDict or a registered node is not one)
-are walked here directly; anything else, a leaf or another node type, goes to pytree, so the
-result is the one pytree.tree_map gives, in the same leaf order.
+gradients, value and aux: half a dozen traversals of (params dict, input, label) per call, each
+as long as a batched operator in torch's pytree (grad of a dict of 5 tensors took 109 us a call
+through pytree, 82 us through these maps). Plain tuples, lists and dicts (the exact types: a
+namedtuple, an OrderedDict or a registered node is not one) are walked here directly; anything
+else, a leaf or another node type, goes to pytree, so the result is the one pytree.tree_map
+gives, in the same leaf order.
 """
 import torch
 from torch.utils import _pytree as pytree
