@@ -244,7 +244,10 @@ def test_backward_through_compiled_per_sample_grads(backend):
         out = compiled(p, X, Y)
         out.backward()
         assert_close(out, expected)
-        assert_close(p.grad, p_ref.grad)
+        # The entries of p.grad reach the hundreds and are sums of products of gradients, which
+        # inductor adds in its own order: float32 rounding differs by about 1e-7 of the largest.
+        scale = p_ref.grad.abs().max().item()
+        torch.testing.assert_close(p.grad, p_ref.grad, atol=1e-6 * scale, rtol=1e-5)
     assert frames(counter) == 1
 
 
